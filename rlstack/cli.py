@@ -1,0 +1,104 @@
+"""Command line: `rlstack run`, `rlstack submit`.
+
+    rlstack run [CONFIG] [--run-dir DIR] [dotted.key=value ...]
+    rlstack submit CONFIG --address http://127.0.0.1:8265 [--run-dir DIR] [key=value ...]
+
+Without CONFIG, `run` uses the embedded default (configs/smoke.yaml: generated data, a tiny
+model, all five stages). Errors in the user's input print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rlstack.errors import RLStackError
+
+logger = logging.getLogger("rlstack")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("RLSTACK_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlstack.config import load_config
+    from rlstack.runtime import apply_env
+
+    cfg = load_config(args.config, args.overrides)
+    joins_cluster = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    apply_env(loopback=cfg.ray.loopback and not joins_cluster)
+
+    from rlstack.driver import run_pipeline
+
+    run_dir = run_pipeline(cfg, args.run_dir)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlstack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the configured stages on this machine or cluster")
+    run.add_argument("config", nargs="?", default=None, help="YAML config (default: embedded)")
+    run.add_argument("--run-dir", default=None, help="output directory (default: runs/<time>)")
+    run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    run.set_defaults(func=_run)
+
+    from rlstack.submit import add_submit_arguments, run_submit
+
+    submit = sub.add_parser("submit", help="run a config as a Ray job on a running cluster")
+    add_submit_arguments(submit)
+    submit.set_defaults(func=run_submit)
+    return parser
+
+
+def _user_error(err: BaseException) -> RLStackError | None:
+    """The user-facing error behind `err`, also when raised inside a Ray actor."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RLStackError):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come before or after options: `run CONFIG --run-dir D a.b=1`.
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown or not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    args.overrides = [*args.overrides, *extra]
+    # `run key=value` has no config file.
+    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith(
+        (".yaml", ".yml")
+    ):
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+    _setup_logging()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("rlstack: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        user = _user_error(err)
+        if user is None:
+            raise
+        print(f"rlstack: error: {user}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The run configuration: every key, its type, default and meaning.
+
+A run is described by one YAML file whose keys mirror the dataclasses below. Values not given
+take the defaults written here; `dotted.key=value` overrides on the command line win over the
+file. Unknown keys, wrong types and invalid values are rejected with a `ConfigError` naming the
+key. Strings may interpolate other keys with OmegaConf syntax, e.g. `${data_root}/x.jsonl`.
+
+Sizes are in samples unless a key says tokens; learning rates are per optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlstack.errors import ConfigError
+
+STAGES = ("pretrain", "sft", "reward_model", "ppo", "grpo")
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+@dataclass
+class ModelConfig:
+    """The policy model: built from random weights, or loaded from an HF checkpoint."""
+
+    init: str = "random"  # "random", or a path / hub name of an HF causal-LM checkpoint
+    arch: str = "llama4"  # llama4 | qwen3_moe | llama (dense); used when init is "random"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4  # query heads; head size is hidden_size / num_heads (vLLM's CPU
+    # attention takes head sizes 32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+    num_kv_heads: int = 2  # grouped KV heads; must divide num_heads
+    ffn_size: int = 256  # dense / shared-expert feed-forward width
+    expert_size: int = 128  # routed-expert feed-forward width
+    num_experts: int = 4  # routed experts per MoE layer
+    experts_per_token: int = 1  # top-k routing
+    max_seq_len: int = 256  # tokens (characters); the longest prompt + response
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class DataConfig:
+    """A data set: a generated one, a local file or directory, or a hub name."""
+
+    train: str = "synthetic:arithmetic"  # "synthetic:<name>", a local path, or a hub name
+    eval: str | None = None  # held-out source; None splits eval_fraction off `train`
+    format: str = "prompt_reference"  # text | prompt_response | pairs | prompt_reference |
+    # gsm8k_calc | hh_rlhf (see rlstack.data.formats)
+    split: str = "train"  # split name for hub data sets
+    eval_split: str = "test"  # split name of `eval` for hub data sets
+    eval_fraction: float = 0.05  # share of `train` held out when `eval` is None
+    max_rows: int | None = None  # read at most this many raw records (None: all)
+    max_eval_rows: int | None = 256  # held-out rows used for evaluation
+    options: dict[str, Any] = field(default_factory=dict)  # format options (field names, ...)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LearnerConfig:
+    """The data-parallel group of DeepSpeed learners (one Ray actor per rank)."""
+
+    num_workers: int = 1  # data-parallel ranks
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    cpus_per_worker: float = 0.5  # Ray logical CPUs reserved per trainable rank
+    cpus_per_frozen_model: float = 0.25  # per reference model / reward-model scorer
+    gpus_per_worker: float = 0.0  # Ray GPUs per rank (0: CPU)
+    threads: int = 2  # torch threads per rank on CPU
+    micro_batch_size: int = 16  # samples per forward pass; larger batches accumulate
+    bf16: bool = False  # bfloat16 training (fp32 master weights); fp32 when False
+
+
+@dataclass
+class RolloutConfig:
+    """The vLLM engines that generate responses."""
+
+    num_engines: int = 1
+    cpus_per_engine: float = 0.5
+    gpus_per_engine: float = 0.0  # 0: CPU engine; on GPU, tensor_parallel_size is 1 per engine
+    threads: int = 2  # OpenMP threads per CPU engine
+    kv_cache_gib: int = 1  # CPU KV cache per engine in GiB (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.5
+    max_num_seqs: int = 256
+    dtype: str = "float32"
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16  # response length limit in tokens
+    eval_temperature: float = 0.0  # 0: greedy decoding for held-out evaluation
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="synthetic:text", format="text")
+    )
+    steps: int = 300
+    batch_size: int = 16  # sequences per step
+    seq_len: int = 128  # tokens per sequence
+    eval_every: int = 50  # steps; 0 disables periodic eval (a final eval always runs)
+    eval_batches: int = 4
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))
+
+
+@dataclass
+class SFTConfig:
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="synthetic:arithmetic", format="prompt_response")
+    )
+    steps: int = 200
+    batch_size: int = 16
+    eval_every: int = 50
+    eval_batches: int = 4
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+
+
+@dataclass
+class RewardModelConfig:
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="synthetic:preferences", format="pairs")
+    )
+    steps: int = 150
+    batch_size: int = 16  # pairs per step
+    eval_every: int = 50
+    eval_batches: int = 4
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+
+
+@dataclass
+class RLConfig:
+    """An on-policy RL stage (PPO or GRPO): one loop, the algorithm chosen by its keys."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 20
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 1  # GRPO group size; PPO usually 1
+    advantage: str = "gae"  # gae | group
+    normalize_group_std: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO)
+    gamma: float = 1.0
+    lam: float = 0.95
+    reward_source: str = "reward_model"  # reward_model | verifier
+    verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
+    failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
+    kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = True  # True: per-token reward penalty; False: loss term
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    is_cap: float = 2.0  # cap of the importance weight rollout -> learner (stale / mismatch)
+    epochs: int = 1  # passes over each batch
+    minibatches: int = 1  # optimizer steps per pass
+    value_clip: float = 0.2
+    max_staleness: int = 1  # 0: generate after each update; 1: overlap the next rollout
+    eval_every: int = 10
+    eval_prompts: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=0))
+    critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=0))
+
+
+def _ppo_defaults() -> RLConfig:
+    return RLConfig(
+        data=DataConfig(train="synthetic:preferences", format="pairs"),
+        advantage="gae",
+        reward_source="reward_model",
+        samples_per_prompt=1,
+    )
+
+
+def _grpo_defaults() -> RLConfig:
+    return RLConfig(
+        data=DataConfig(train="synthetic:arithmetic", format="prompt_reference"),
+        advantage="group",
+        reward_source="verifier",
+        samples_per_prompt=8,
+        kl_coef=0.0,
+        kl_in_reward=False,
+    )
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a private local Ray; "auto" or host:port: join
+    num_cpus: float | None = None  # logical CPUs of a local Ray (None: all cores)
+    loopback: bool = True  # bind every service of a *local* Ray to 127.0.0.1 (ignored when
+    # joining a cluster, where the node's own address is used)
+    start_timeout_s: float = 600.0  # fail, naming the role, if actors cannot start by then
+
+
+@dataclass
+class Config:
+    """A whole run: the stage list and one section per stage."""
+
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    seed: int = 0
+    run_dir: str | None = None  # None: a new directory under runs/
+    data_root: str = "."  # base directory that configs interpolate as ${data_root}
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    ppo: RLConfig = field(default_factory=_ppo_defaults)
+    grpo: RLConfig = field(default_factory=_grpo_defaults)
+
+
+def _explain(err: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if "Key '" in msg and "not in" in msg:
+        name = msg.split("'")[1]
+        parent = key.rsplit(".", 1)[0] if key and "." in key else ""
+        place = f"{parent}.{name}" if parent else name
+        return f"{origin}: unknown config key '{place}'"
+    return f"{origin}: config key '{key}': {msg}" if key else f"{origin}: {msg}"
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Merge defaults, the YAML file (if any) and `key=value` overrides; validate; resolve."""
+    schema = OmegaConf.structured(Config)
+    origin = path or "defaults"
+    try:
+        merged = schema
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected dotted.key=value")
+            origin = f"override {item!r}"
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        origin = path or "defaults"
+        OmegaConf.resolve(merged)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, origin)) from None
+    except Exception as err:  # the YAML parser's errors
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{origin}: cannot read config ({type(err).__name__}: {err})") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks the types alone cannot express."""
+    for stage in cfg.stages:
+        if stage not in STAGES:
+            raise ConfigError(f"stages: unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    m = cfg.model
+    if m.num_heads % m.num_kv_heads or m.hidden_size % m.num_heads:
+        raise ConfigError("model: num_kv_heads must divide num_heads, num_heads hidden_size")
+    if m.init == "random" and m.hidden_size // m.num_heads not in VLLM_CPU_HEAD_SIZES:
+        raise ConfigError(
+            f"model: head size hidden_size/num_heads = {m.hidden_size // m.num_heads} is not one "
+            f"vLLM's CPU attention supports ({', '.join(map(str, VLLM_CPU_HEAD_SIZES))})"
+        )
+    if m.experts_per_token > m.num_experts:
+        raise ConfigError("model.experts_per_token: larger than model.num_experts")
+    if cfg.learner.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"learner.zero_stage: {cfg.learner.zero_stage} is not 0, 1, 2 or 3")
+    for name in ("ppo", "grpo"):
+        rl: RLConfig = getattr(cfg, name)
+        if rl.advantage not in ("gae", "group"):
+            raise ConfigError(f"{name}.advantage: {rl.advantage!r} is not 'gae' or 'group'")
+        if rl.reward_source not in ("reward_model", "verifier"):
+            raise ConfigError(f"{name}.reward_source: {rl.reward_source!r} is unknown")
+        if rl.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"{name}.kl_estimator: {rl.kl_estimator!r} is not k1, k2 or k3")
+        if rl.max_staleness not in (0, 1):
+            raise ConfigError(f"{name}.max_staleness: only 0 and 1 are supported")
+        if rl.advantage == "group" and rl.samples_per_prompt < 2:
+            raise ConfigError(f"{name}.samples_per_prompt: group advantages need at least 2")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def as_dict(section: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(section)) if not isinstance(
+        section, (dict, DictConfig)
+    ) else dict(section)

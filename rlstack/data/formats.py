@@ -1,0 +1,281 @@
+"""Convert raw records into the normalised rows that the stages use.
+
+    rows = load_rows("../shared/data/gsm8k/train.jsonl", "gsm8k_calc")
+    rows = load_rows("synthetic:preferences", "pairs")
+
+| format | row |
+|---|---|
+| text | str |
+| prompt_response | {"prompt", "response"} |
+| pairs | {"prompt", "chosen", "rejected"} |
+| prompt_reference | {"prompt", "reference", **the record's other columns} |
+| gsm8k_calc | {"prompt", "reference", "response"}, one per calculator annotation `<<48/2=24>>` |
+| hh_rlhf | {"prompt", "chosen", "rejected"}, split at the last assistant turn |
+
+Every converter takes `(records, where, **options)`: `where` names the source in error messages,
+and a missing or non-string field raises `DataError` naming the source and the 1-based row (for a
+JSONL file without blank lines the row is the line number). Field-name options let a data set with
+other column names be read without editing it, e.g. `load_rows(path, "prompt_response",
+prompt_field="question", response_field="answer")`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable
+
+from rlstack.data.sources import load_records
+from rlstack.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+CALC_ANNOTATION = re.compile(r"<<([^<>]*)>>")
+PLAIN_NUMBER = re.compile(r"-?(\d+(\.\d+)?|\.\d+)")
+ASSISTANT_TURN = "\n\nAssistant:"
+HUMAN_TURN = "\n\nHuman:"
+
+
+def _field(record: dict, name: str, where: str, row: int) -> str:
+    """The string value of `record[name]`; DataError naming `where` and `row` otherwise."""
+    if name not in record:
+        fields = ", ".join(sorted(map(str, record))) or "none"
+        raise DataError(f"{where}: row {row}: missing field {name!r} (fields: {fields})")
+    value = record[name]
+    if not isinstance(value, str):
+        kind = type(value).__name__
+        raise DataError(f"{where}: row {row}: field {name!r} is {kind}, expected a string")
+    return value
+
+
+def text(records: list[dict], where: str, *, field: str = "text") -> list[str]:
+    """One string per record, from `field`."""
+    return [_field(r, field, where, i) for i, r in enumerate(records, start=1)]
+
+
+def prompt_response(
+    records: list[dict],
+    where: str,
+    *,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+) -> list[dict]:
+    """Rows `{"prompt", "response"}` for supervised fine-tuning."""
+    return [
+        {
+            "prompt": _field(r, prompt_field, where, i),
+            "response": _field(r, response_field, where, i),
+        }
+        for i, r in enumerate(records, start=1)
+    ]
+
+
+def pairs(
+    records: list[dict],
+    where: str,
+    *,
+    prompt_field: str = "prompt",
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+) -> list[dict]:
+    """Rows `{"prompt", "chosen", "rejected"}` for reward models and preference losses."""
+    return [
+        {
+            "prompt": _field(r, prompt_field, where, i),
+            "chosen": _field(r, chosen_field, where, i),
+            "rejected": _field(r, rejected_field, where, i),
+        }
+        for i, r in enumerate(records, start=1)
+    ]
+
+
+def prompt_reference(
+    records: list[dict],
+    where: str,
+    *,
+    prompt_field: str = "prompt",
+    reference_field: str = "reference",
+) -> list[dict]:
+    """Rows `{"prompt", "reference", **extras}` for verifier-scored RL.
+
+    The extras are the record's other columns, unchanged, so that a verifier can read them. A
+    column that is itself called "prompt" or "reference" but is not the chosen field is dropped.
+    """
+    rows = []
+    for i, r in enumerate(records, start=1):
+        prompt = _field(r, prompt_field, where, i)
+        reference = _field(r, reference_field, where, i)
+        used = {prompt_field, reference_field, "prompt", "reference"}
+        extras = {k: v for k, v in r.items() if k not in used}
+        rows.append({"prompt": prompt, "reference": reference, **extras})
+    return rows
+
+
+def gsm8k_calc(records: list[dict], where: str, *, answer_field: str = "answer") -> list[dict]:
+    """Calculator rows from GSM8K worked answers.
+
+    Each annotation `<<48/2=24>>` gives `{"prompt": "48/2", "reference": "24", "response": "24"}`
+    (spaces inside the expression removed). Annotations with an empty expression or result, or a
+    result that is not a plain number (`-12`, `0.5`, `.5`; not `1,000`), are skipped. A prompt seen
+    before is skipped too, so the first occurrence wins; rows keep the source order.
+    """
+    rows = []
+    seen: set[str] = set()
+    skipped = 0
+    for i, r in enumerate(records, start=1):
+        for annotation in CALC_ANNOTATION.findall(_field(r, answer_field, where, i)):
+            expression, equals, result = annotation.rpartition("=")
+            expression, result = re.sub(r"\s+", "", expression), result.strip()
+            if not equals or not expression or not PLAIN_NUMBER.fullmatch(result):
+                skipped += 1
+                continue
+            if expression in seen:
+                continue
+            seen.add(expression)
+            rows.append({"prompt": expression, "reference": result, "response": result})
+
+    logger.info(
+        "gsm8k_calc: %d distinct calculations from %d records of %s (%d annotations unusable)",
+        len(rows),
+        len(records),
+        where,
+        skipped,
+    )
+    return rows
+
+
+def hh_rlhf(
+    records: list[dict],
+    where: str,
+    *,
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+    max_prompt_chars: int | None = None,
+) -> list[dict]:
+    """Preference rows from Anthropic HH-RLHF dialogues.
+
+    `chosen` and `rejected` are whole dialogues (`\\n\\nHuman: ...\\n\\nAssistant: ...`) that
+    differ in the last assistant reply. The prompt is the dialogue up to and including the last
+    "\\n\\nAssistant:"; chosen and rejected are the two last replies, stripped. A row is skipped
+    when a dialogue has no assistant turn, the two prompts differ, a reply is empty, or the replies
+    are equal.
+
+    Args:
+        max_prompt_chars: keep only the last this many characters of a longer prompt, starting at
+            the first "\\n\\nHuman:" turn inside them when there is one (else mid-turn).
+    """
+    if max_prompt_chars is not None and max_prompt_chars <= len(ASSISTANT_TURN):
+        raise ConfigError(
+            f"hh_rlhf: max_prompt_chars must be > {len(ASSISTANT_TURN)}, got {max_prompt_chars}"
+        )
+
+    rows = []
+    skipped: Counter[str] = Counter()
+    for i, r in enumerate(records, start=1):
+        chosen = _split_last_reply(_field(r, chosen_field, where, i))
+        rejected = _split_last_reply(_field(r, rejected_field, where, i))
+        reason = _skip_reason(chosen, rejected)
+        if reason:
+            skipped[reason] += 1
+            continue
+        prompt = chosen[0]
+        if max_prompt_chars is not None and len(prompt) > max_prompt_chars:
+            prompt = _prompt_tail(prompt, max_prompt_chars)
+        rows.append({"prompt": prompt, "chosen": chosen[1], "rejected": rejected[1]})
+
+    details = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items()))
+    logger.info(
+        "hh_rlhf: kept %d of %d pairs from %s (skipped %s)",
+        len(rows),
+        len(records),
+        where,
+        details or "none",
+    )
+    return rows
+
+
+def _split_last_reply(dialogue: str) -> tuple[str, str] | None:
+    """(prompt up to and including the last assistant turn, stripped last reply), or None."""
+    cut = dialogue.rfind(ASSISTANT_TURN)
+    if cut < 0:
+        return None
+    cut += len(ASSISTANT_TURN)
+    return dialogue[:cut], dialogue[cut:].strip()
+
+
+def _skip_reason(chosen: tuple[str, str] | None, rejected: tuple[str, str] | None) -> str:
+    """Why a pair cannot be used, or "" when it can."""
+    if chosen is None or rejected is None:
+        return "no assistant turn"
+    if chosen[0] != rejected[0]:
+        return "prompts differ"
+    if not chosen[1] or not rejected[1]:
+        return "empty reply"
+    if chosen[1] == rejected[1]:
+        return "equal replies"
+    return ""
+
+
+def _prompt_tail(prompt: str, max_chars: int) -> str:
+    """The last `max_chars` characters of `prompt`, cut at a human turn when possible."""
+    tail = prompt[-max_chars:]
+    start = tail.find(HUMAN_TURN)
+    return tail[start:] if start >= 0 else tail
+
+
+FORMATS: dict[str, Callable[..., list]] = {
+    "text": text,
+    "prompt_response": prompt_response,
+    "pairs": pairs,
+    "prompt_reference": prompt_reference,
+    "gsm8k_calc": gsm8k_calc,
+    "hh_rlhf": hh_rlhf,
+}
+
+
+def load_rows(
+    source: str,
+    format: str,
+    *,
+    split: str = "train",
+    max_rows: int | None = None,
+    **options: object,
+) -> list:
+    """Load `source` with `load_records` and convert it with the converter named `format`.
+
+    Args:
+        source: see `load_records`.
+        format: a key of `FORMATS`.
+        split: the split of a directory or hub dataset.
+        max_rows: read at most this many records (before conversion; a GSM8K record gives
+            several gsm8k_calc rows).
+        options: the converter's keyword options, e.g. `prompt_field="question"`.
+
+    Raises:
+        ConfigError: the format is unknown or an option is not one of the format's options.
+        DataError: the source cannot be read, a row is malformed, or no usable row is left.
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"unknown data format {format!r} (known: {', '.join(FORMATS)})")
+    convert = FORMATS[format]
+    allowed = [
+        p.name
+        for p in inspect.signature(convert).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"data format {format!r} has no option {', '.join(unknown)} "
+            f"(options: {', '.join(allowed) or 'none'})"
+        )
+
+    records = load_records(source, split=split, max_rows=max_rows)
+    rows = convert(records, source, **options)
+    if not rows:
+        raise DataError(
+            f"{source}: no usable rows for format {format!r} ({len(records)} records read)"
+        )
+    return rows

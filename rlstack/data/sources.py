@@ -1,0 +1,213 @@
+"""Load raw records from a local file, a local dataset folder, the hub or the embedded data.
+
+    load_records("../shared/data/gsm8k/train.jsonl")        # one dict per JSON line
+    load_records("synthetic:arithmetic")                    # built in memory, no files
+    load_records("openai/gsm8k", split="test")              # datasets.load_dataset (network)
+
+A record is a plain dict as stored in the source; `formats.py` turns records into the rows the
+stages use. Every problem with the source itself (missing file, malformed line, failed download)
+raises `DataError` with the place in the message: `path:line` for text files, the source name
+otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from rlstack.data.synthetic import synthetic_records
+from rlstack.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+# Longest suffix first, so that "x.jsonl.gz" is not taken for a ".gz" of unknown kind.
+FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".txt", ".csv", ".parquet")
+
+
+def load_records(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict]:
+    """Load the records of a data source as a list of dicts.
+
+    Args:
+        source: one of
+            - `synthetic:<name>`: embedded data from `synthetic.py` (no files, no network);
+            - a local file ending in .jsonl, .jsonl.gz, .json, .json.gz, .txt, .csv or .parquet
+              (.txt gives a single record `{"text": <whole file>}`);
+            - a local directory, read with `datasets.load_dataset(directory, split=split)`;
+            - otherwise a hub dataset name such as `owner/name`, read with
+              `datasets.load_dataset(name, split=split)` (needs a network or a warm cache).
+        split: the split to read from a directory or hub dataset; ignored for files.
+        max_rows: keep at most this many records (the first ones); None keeps all.
+
+    Returns:
+        The records, in source order.
+
+    Raises:
+        DataError: the file is missing or unreadable, a row is malformed, or the hub load failed.
+        ConfigError: max_rows is negative.
+    """
+    if max_rows is not None and max_rows < 0:
+        raise ConfigError(f"{source}: max_rows must be >= 0, got {max_rows}")
+
+    if source.startswith(SYNTHETIC_PREFIX):
+        records = synthetic_records(source[len(SYNTHETIC_PREFIX) :])
+        records = records if max_rows is None else records[:max_rows]
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            records = _load_with_datasets(str(path), source, split, max_rows)
+        elif path.exists():
+            records = _load_file(path, source, max_rows)
+        elif _looks_local(source):
+            raise DataError(f"data file not found: {source}")
+        else:
+            records = _load_with_datasets(source, source, split, max_rows)
+
+    logger.info("loaded %d records from %s", len(records), source)
+    return records
+
+
+def _looks_local(source: str) -> bool:
+    """True when `source` is meant as a local path rather than a hub dataset name."""
+    return source.startswith(("/", ".", "~")) or _suffix(source) is not None
+
+
+def _suffix(source: str) -> str | None:
+    """The known file suffix that `source` ends with, or None."""
+    lowered = source.lower()
+    return next((s for s in FILE_SUFFIXES if lowered.endswith(s)), None)
+
+
+def _load_file(path: Path, where: str, max_rows: int | None) -> list[dict]:
+    """Read one local file by its suffix."""
+    suffix = _suffix(path.name)
+    if suffix is None:
+        known = ", ".join(FILE_SUFFIXES)
+        raise DataError(f"{where}: unsupported file type (known: {known})")
+
+    gzipped = suffix.endswith(".gz")
+    try:
+        if suffix == ".parquet":
+            return _read_parquet(path, where, max_rows)
+        if suffix.startswith(".jsonl"):
+            with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
+                return _take(_iter_jsonl(f, where), max_rows)
+        opener = gzip.open if gzipped else open
+        newline = "" if suffix == ".csv" else None  # the csv module reads line ends itself
+        with opener(path, "rt", encoding="utf-8-sig", newline=newline) as f:
+            if suffix == ".txt":
+                return [{"text": f.read()}]
+            if suffix == ".csv":
+                return _take(_iter_csv(f, where), max_rows)
+            return _read_json(f.read(), where, max_rows)
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise DataError(f"{where}: cannot read file ({_one_line(e)})") from e
+
+
+def _take(rows: Iterator[dict], max_rows: int | None) -> list[dict]:
+    """The first `max_rows` items of `rows` (all when None), reading no further."""
+    return list(itertools.islice(rows, max_rows))
+
+
+def _iter_jsonl(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[dict]:
+    """Yield one dict per non-blank JSON line; a bad line raises DataError at `where:line`.
+
+    Byte lines are decoded here, one at a time, so that invalid UTF-8 is reported with its line.
+    """
+    for line_no, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}:{line_no}: row is not valid UTF-8 ({e})") from e
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}:{line_no}: malformed JSON row ({e})") from e
+        if not isinstance(row, dict):
+            kind = type(row).__name__
+            raise DataError(f"{where}:{line_no}: row is not a JSON object (got {kind})")
+        yield row
+
+
+def _read_json(text: str, where: str, max_rows: int | None) -> list[dict]:
+    """Read a .json file: an array of objects, or JSON lines under a .json name."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg != "Extra data":
+            raise DataError(f"{where}:{e.lineno}: malformed JSON ({e})") from e
+        # Several top-level values: the file holds JSON lines.
+        return _take(_iter_jsonl(text.split("\n"), where), max_rows)
+
+    if not isinstance(data, list):
+        kind = type(data).__name__
+        raise DataError(f"{where}: expected a JSON array of objects or JSON lines, got {kind}")
+    for row_no, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            kind = type(row).__name__
+            raise DataError(f"{where}: row {row_no} is not a JSON object (got {kind})")
+    return data if max_rows is None else data[:max_rows]
+
+
+def _iter_csv(f: IO[str], where: str) -> Iterator[dict]:
+    """Yield one dict per CSV row, keyed by the header; a ragged row raises DataError."""
+    reader = csv.reader(f)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{where}:{reader.line_num}: row has {len(fields)} fields, "
+                    f"the header has {len(header)}"
+                )
+            yield dict(zip(header, fields, strict=True))
+    except csv.Error as e:
+        raise DataError(f"{where}:{reader.line_num}: malformed CSV row ({e})") from e
+
+
+def _read_parquet(path: Path, where: str, max_rows: int | None) -> list[dict]:
+    """Read a parquet file with pyarrow (installed with `datasets`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{where}: cannot read parquet file ({_one_line(e)})") from e
+    if max_rows is not None:
+        table = table.slice(0, max_rows)
+    return table.to_pylist()
+
+
+def _load_with_datasets(name: str, where: str, split: str, max_rows: int | None) -> list[dict]:
+    """Load a local dataset folder or a hub dataset with `datasets.load_dataset`."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, authentication and format errors all land here
+        raise DataError(f"cannot load dataset {where!r} (split {split!r}): {_one_line(e)}") from e
+
+    if max_rows is not None:
+        dataset = dataset.select(range(min(max_rows, len(dataset))))
+    return dataset.to_list()
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as `Type: message` on a single line."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

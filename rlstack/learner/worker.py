@@ -1,0 +1,400 @@
+"""One rank of a learner group: a model in a DeepSpeed engine, or a frozen model for inference.
+
+The same class serves every model role, chosen by `ModelSpec`:
+- `causal_lm` + trainable: the policy (pretraining, SFT, PPO/GRPO updates);
+- `scalar` + trainable: the reward model (pairwise loss) and the PPO critic (value loss);
+- frozen (`trainable=False`): the reference policy for KL and the reward-model scorer, plain
+  torch without DeepSpeed or an optimizer.
+
+Batches arrive as dicts of CPU tensors. Per-token tensors of a sequence batch `[batch, L]` are
+`[batch, L-1]` aligned to the predicted token: position t holds the logprob (or value) of
+token t+1 given tokens 0..t, and `mask` marks the response tokens among them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rlstack.algorithms import (
+    aggregate,
+    bradley_terry_loss,
+    entropy_from_logits,
+    kl_estimate,
+    logprobs_from_logits,
+    masked_mean,
+    policy_loss,
+    value_loss,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    """What a learner rank holds and how it trains."""
+
+    kind: str  # "causal_lm" or "scalar"
+    init_path: str | None  # HF checkpoint directory; None builds a new model from `model_cfg`
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = True
+    optim: dict[str, Any] = field(default_factory=dict)
+    total_steps: int = 1
+    zero_stage: int = 0
+    bf16: bool = False
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    threads: int = 2
+    seed: int = 0
+
+
+def _lr_lambda(optim: dict[str, Any], total_steps: int):
+    warmup = max(0, optim.get("warmup_steps", 0))
+    floor = optim.get("min_lr_ratio", 1.0)
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def _split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    size = next(iter(batch.values())).shape[0]
+    parts = max(1, min(parts, size))
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds, bounds[1:])]
+
+
+class LearnerWorker:
+    """One rank; the Ray actor class is made from this in `rlstack.learner.group`."""
+
+    def __init__(self, rank: int, world_size: int, spec: ModelSpec) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(max(1, spec.threads))
+        torch.manual_seed(spec.seed + rank)
+        self.rank, self.world_size, self.spec = rank, world_size, spec
+        self.model, self.tokenizer = self._build_model(spec)
+        self.engine = None
+        self.steps = 0
+        if not spec.trainable:
+            self.model.eval()
+
+    def rendezvous(self) -> tuple[str, int, str | None]:
+        """Where the ranks meet: rank 0's address, a free port, and on a one-machine (loopback)
+        run a file store path, so no rendezvous server listens on any interface."""
+        import socket
+        import tempfile
+
+        import ray
+
+        host = os.environ.get("MASTER_ADDR") or ray.util.get_node_ip_address()
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        store = None
+        if host == "127.0.0.1":
+            store = os.path.join(tempfile.mkdtemp(prefix="rlstack-rdzv-"), "store")
+        return host, port, store
+
+    def init_engine(self, master_addr: str, master_port: int, store: str | None) -> int:
+        """Join the process group and wrap the model in a DeepSpeed engine."""
+        self.engine = self._init_deepspeed(master_addr, master_port, store)
+        return self.ready()
+
+    # ----------------------------------------------------------------- setup
+    def _build_model(self, spec: ModelSpec):
+        from types import SimpleNamespace
+
+        from rlstack.model.build import (
+            load_causal_lm,
+            load_scalar_model,
+            load_tokenizer,
+            new_causal_lm,
+        )
+
+        if spec.init_path is None:
+            model, tokenizer = new_causal_lm(SimpleNamespace(**spec.model_cfg), spec.seed)
+        else:
+            tokenizer = load_tokenizer(spec.init_path)
+            if spec.kind == "scalar":
+                model = load_scalar_model(spec.init_path)
+            else:
+                model = load_causal_lm(spec.init_path)
+        model.config.use_cache = False
+        return model, tokenizer
+
+    def _init_deepspeed(self, master_addr: str, master_port: int, store: str | None):
+        import deepspeed
+        import deepspeed.ops
+
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK="0" if not torch.cuda.is_available() else os.environ.get("LOCAL_RANK", "0"),
+            WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU at every init (30-55 s on a
+        # fresh machine); gloo alone is enough for the CPU path.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            init_method=f"file://{store}" if store else None,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+        o = self.spec.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(o, self.spec.total_steps * self.spec.grad_accum)
+        )
+        ds_config = {
+            "train_micro_batch_size_per_gpu": self.spec.micro_batch_size,
+            "gradient_accumulation_steps": self.spec.grad_accum,
+            "gradient_clipping": o["grad_clip"],
+            "zero_optimization": {"stage": self.spec.zero_stage},
+            "bf16": {"enabled": self.spec.bf16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        engine, *_ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        return engine
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module if self.engine is not None else self.model
+
+    def ready(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    # --------------------------------------------------------------- forward
+    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits[:, :-1].float()
+
+    def _token_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Scalar head applied at every position: `[batch, L-1]` values or rewards."""
+        base = getattr(self.module, self.module.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.module.score(hidden).squeeze(-1)[:, :-1].float()
+
+    def _sequence_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The scalar head at each sequence's last real token: `[batch]`."""
+        values = self._token_values_full(input_ids, attention_mask)
+        last = attention_mask.sum(dim=1) - 1
+        return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+    def _token_values_full(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        base = getattr(self.module, self.module.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.module.score(hidden).squeeze(-1).float()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def _lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # ------------------------------------------------- language-model losses
+    def _lm_loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self._logits(batch["input_ids"], batch["attention_mask"])
+        targets = batch["input_ids"][:, 1:]
+        mask = batch["loss_mask"][:, 1:].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        return (nll * mask).sum(), mask.sum()
+
+    def lm_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step of next-token loss on `loss_mask` tokens (token mean)."""
+        self.module.train()
+        total_tokens = batch["loss_mask"][:, 1:].sum().clamp(min=1)
+        loss_sum = 0.0
+        for micro in _split(batch, self.spec.grad_accum):
+            loss, _ = self._lm_loss_sum(micro)
+            # DeepSpeed divides by grad_accum; scaling makes the total an exact token mean.
+            self._backward(loss / total_tokens * self.spec.grad_accum)
+            loss_sum += loss.item()
+        self.steps += 1
+        return {"loss": loss_sum / total_tokens.item(), "tokens": total_tokens.item(),
+                "lr": self._lr()}
+
+    @torch.no_grad()
+    def lm_eval(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.module.eval()
+        loss, tokens = self._lm_loss_sum(batch)
+        return {"loss_sum": loss.item(), "tokens": tokens.item()}
+
+    # ------------------------------------------------------ reward model loss
+    def _pair_scores(self, batch: dict[str, torch.Tensor]):
+        chosen = self._sequence_scores(batch["chosen_ids"], batch["chosen_attention_mask"])
+        rejected = self._sequence_scores(batch["rejected_ids"], batch["rejected_attention_mask"])
+        return chosen, rejected
+
+    def pair_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimizer step of the Bradley-Terry loss over chosen/rejected pairs."""
+        self.module.train()
+        micros = _split(batch, self.spec.grad_accum)
+        n = batch["chosen_ids"].shape[0]
+        loss_sum, correct = 0.0, 0.0
+        for micro in micros:
+            chosen, rejected = self._pair_scores(micro)
+            loss, acc = bradley_terry_loss(chosen, rejected)
+            m = chosen.shape[0]
+            self._backward(loss * m / n * self.spec.grad_accum)
+            loss_sum += loss.item() * m
+            correct += float(acc) * m
+        self.steps += 1
+        return {"loss": loss_sum / n, "accuracy": correct / n, "lr": self._lr()}
+
+    @torch.no_grad()
+    def pair_eval(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.module.eval()
+        chosen, rejected = self._pair_scores(batch)
+        loss, _ = bradley_terry_loss(chosen, rejected)
+        return {
+            "loss_sum": loss.item() * chosen.shape[0],
+            # A tie counts half: an untrained head (all scores equal) reads as chance.
+            "correct": ((chosen > rejected).float() + 0.5 * (chosen == rejected).float())
+            .sum()
+            .item(),
+            "pairs": float(chosen.shape[0]),
+        }
+
+    # ----------------------------------------------------------- RL forward
+    @torch.no_grad()
+    def logprobs(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+        """Logprobs of each next token, `[batch, L-1]` (zero where `mask` is 0)."""
+        self.module.eval()
+        logits = self._logits(batch["input_ids"], batch["attention_mask"]) / temperature
+        out = logprobs_from_logits(logits, batch["input_ids"][:, 1:])
+        return out * batch["mask"]
+
+    @torch.no_grad()
+    def values(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Critic values before each next token, `[batch, L-1]`."""
+        self.module.eval()
+        return self._token_values(batch["input_ids"], batch["attention_mask"]) * batch["mask"]
+
+    @torch.no_grad()
+    def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Reward-model score of each whole sequence, `[batch]`."""
+        self.module.eval()
+        return self._sequence_scores(batch["input_ids"], batch["attention_mask"])
+
+    # ------------------------------------------------------------ RL update
+    def policy_step(self, batch: dict[str, torch.Tensor], algo: dict[str, Any]) -> dict[str, float]:
+        """One optimizer step of the clipped policy loss on a minibatch.
+
+        `batch` holds input_ids, attention_mask, mask, advantages, old_logprobs and
+        rollout_logprobs `[batch, L-1]`, and ref_logprobs when the KL is a loss term.
+        """
+        self.module.train()
+        total = batch["mask"].sum().clamp(min=1)
+        sums: dict[str, float] = {}
+        for micro in _split(batch, self.spec.grad_accum):
+            logits = self._logits(micro["input_ids"], micro["attention_mask"])
+            logits = logits / algo["temperature"]
+            logp = logprobs_from_logits(logits, micro["input_ids"][:, 1:])
+            mask = micro["mask"]
+            loss, metrics = policy_loss(
+                logp,
+                micro["old_logprobs"],
+                micro["advantages"],
+                mask,
+                clip_low=algo["clip_low"],
+                clip_high=algo["clip_high"],
+                behaviour_logprobs=micro["rollout_logprobs"],
+                is_cap=algo["is_cap"],
+            )
+            with torch.no_grad():
+                metrics["entropy"] = masked_mean(entropy_from_logits(logits), mask).item()
+            if "ref_logprobs" in micro and algo["kl_coef"] > 0 and not algo["kl_in_reward"]:
+                kl = kl_estimate(logp, micro["ref_logprobs"], algo["kl_estimator"])
+                kl_loss = aggregate(kl, mask, "token_mean")
+                loss = loss + algo["kl_coef"] * kl_loss
+                metrics["kl_loss"] = kl_loss.item()
+            weight = mask.sum() / total
+            self._backward(loss * weight * self.spec.grad_accum)
+            metrics["policy_loss"] = loss.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * weight.item()
+        self.steps += 1
+        sums["lr"] = self._lr()
+        return sums
+
+    def value_step(self, batch: dict[str, torch.Tensor], algo: dict[str, Any]) -> dict[str, float]:
+        """One optimizer step of the clipped value loss; batch holds old_values and returns."""
+        self.module.train()
+        total = batch["mask"].sum().clamp(min=1)
+        sums: dict[str, float] = {}
+        for micro in _split(batch, self.spec.grad_accum):
+            values = self._token_values(micro["input_ids"], micro["attention_mask"])
+            loss, metrics = value_loss(
+                values, micro["old_values"], micro["returns"], micro["mask"], algo["value_clip"]
+            )
+            weight = micro["mask"].sum() / total
+            self._backward(loss * weight * self.spec.grad_accum)
+            metrics["value_loss"] = loss.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * weight.item()
+        self.steps += 1
+        return sums
+
+    # ------------------------------------------------------- weights & saving
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Consolidated weights under HF checkpoint names (collective under ZeRO-3)."""
+        from transformers.core_model_loading import revert_weight_conversion
+
+        module = self.module
+        if self.engine is not None and self.spec.zero_stage == 3:
+            import deepspeed
+
+            params = list(module.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            state = {k: v.detach() for k, v in module.state_dict().items()}
+        return revert_weight_conversion(module, state)
+
+    def weights_blob(self) -> bytes | None:
+        """The policy weights as safetensors bytes for the rollout engines (rank 0 only)."""
+        from safetensors.torch import save
+
+        state = self._full_state_dict()
+        if self.rank != 0:
+            return None
+        return save({k: v.float().contiguous() for k, v in state.items()})
+
+    def save(self, path: str) -> None:
+        """Write an HF checkpoint directory (rank 0 writes; every rank must call it)."""
+        from rlstack.model.build import SCALAR_MARKER, save_model
+
+        state = self._full_state_dict()
+        if self.rank != 0:
+            return
+        module = self.module
+        if self.spec.kind == "scalar":
+            setattr(module.config, SCALAR_MARKER, True)
+        module.config.use_cache = True
+        save_model(module, self.tokenizer, path, state_dict={k: v.float() for k, v in state.items()})
+        module.config.use_cache = False

@@ -1,0 +1,103 @@
+"""A vLLM engine as a Ray actor: generates responses and takes weight updates while running.
+
+Each `RolloutEngine` runs vLLM in-process inside its own actor (no extra engine processes), so
+it owns its threads and its torch.distributed state. Prompts arrive as token ids (the driver
+tokenizes once, so the learner scores exactly the tokens vLLM saw) and each sample comes back
+with the engine's logprob of every response token, which the learner compares with its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutEngine:
+    """One vLLM engine; made into a Ray actor by `rlstack.rollout.group`."""
+
+    def __init__(self, model_path: str, cfg: dict[str, Any], max_model_len: int, seed: int) -> None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg["kv_cache_gib"])
+        from vllm import LLM
+
+        t0 = time.time()
+        on_gpu = cfg["gpus_per_engine"] > 0
+        self.llm = LLM(
+            model=model_path,
+            dtype=cfg["dtype"],
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=not on_gpu,
+            gpu_memory_utilization=cfg["gpu_memory_utilization"],
+            max_num_seqs=cfg["max_num_seqs"],
+            distributed_executor_backend="uni",
+            worker_extension_cls="rlstack.rollout.weight_sync.WeightSyncExtension",
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+        )
+        self.version = 0
+        logger.info("vLLM engine ready in %.1fs (%s)", time.time() - t0, model_path)
+
+    def ready(self) -> int:
+        return self.version
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        sampling: dict[str, Any],
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Sample `n` responses for each prompt.
+
+        Returns:
+            {"samples": [{"prompt_index", "response_ids", "logprobs", "finished"}], "version",
+            "seconds", "tokens"}; samples of a prompt are adjacent, in prompt order.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = sampling["temperature"] == 0
+        params = SamplingParams(
+            n=1 if greedy else n,
+            temperature=sampling["temperature"],
+            top_p=1.0 if greedy else sampling["top_p"],
+            max_tokens=sampling["max_tokens"],
+            logprobs=0,
+            seed=seed,
+        )
+        t0 = time.time()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False
+        )
+        samples, tokens = [], 0
+        for index, out in enumerate(outputs):
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                logprobs = [entry[tok].logprob for tok, entry in zip(ids, completion.logprobs)]
+                samples.append(
+                    {
+                        "prompt_index": index,
+                        "response_ids": ids,
+                        "logprobs": logprobs,
+                        "finished": completion.finish_reason == "stop",
+                    }
+                )
+                tokens += len(ids)
+        return {
+            "samples": samples,
+            "version": self.version,
+            "seconds": time.time() - t0,
+            "tokens": tokens,
+        }
+
+    def update_weights(self, blob: bytes, version: int) -> float:
+        """Load new weights (safetensors bytes) into the running engine; returns seconds."""
+        t0 = time.time()
+        self.llm.collective_rpc("rlstack_update_weights", args=(blob,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return time.time() - t0

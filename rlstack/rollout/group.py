@@ -1,0 +1,92 @@
+"""The rollout engines as Ray actors: prompts are spread across engines, weights go to all."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from rlstack.learner.group import wait_started
+from rlstack.rollout.engine import RolloutEngine
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutGroup:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: dict[str, Any],
+        max_model_len: int,
+        seed: int,
+        env_vars: dict[str, str] | None = None,
+    ) -> None:
+        threads = str(max(1, cfg["threads"]))
+        env = dict(env_vars or {})
+        env.update(OMP_NUM_THREADS=threads, VLLM_CPU_OMP_THREADS_BIND="nobind")
+        if cfg["gpus_per_engine"] > 0:
+            env.pop("VLLM_CPU_OMP_THREADS_BIND")
+        actor = ray.remote(RolloutEngine).options(
+            num_cpus=cfg["cpus_per_engine"],
+            num_gpus=cfg["gpus_per_engine"],
+            runtime_env={"env_vars": env},
+        )
+        self.engines = [
+            actor.remote(model_path, cfg, max_model_len, seed + i)
+            for i in range(cfg["num_engines"])
+        ]
+        self.request = f"{cfg['cpus_per_engine']} CPU and {cfg['gpus_per_engine']} GPU per engine"
+        self.version = 0
+        self._started = False
+
+    def start(self, timeout_s: float = 600.0) -> RolloutGroup:
+        if not self._started:
+            refs = [e.ready.remote() for e in self.engines]
+            wait_started("rollout", refs, self.request, timeout_s)
+            logger.info("rollout: %d vLLM engine(s) ready", len(self.engines))
+            self._started = True
+        return self
+
+    def generate_async(
+        self, prompt_ids: list[list[int]], n: int, sampling: dict[str, Any], seed: int
+    ) -> list[tuple[int, ray.ObjectRef]]:
+        """Start generation on every engine; collect with `collect`."""
+        k = len(self.engines)
+        bounds = [round(i * len(prompt_ids) / k) for i in range(k + 1)]
+        refs = []
+        for i, engine in enumerate(self.engines):
+            chunk = prompt_ids[bounds[i] : bounds[i + 1]]
+            if chunk:
+                refs.append((bounds[i], engine.generate.remote(chunk, n, sampling, seed + i)))
+        return refs
+
+    @staticmethod
+    def collect(pending: list[tuple[int, ray.ObjectRef]]) -> dict[str, Any]:
+        """Wait for a `generate_async` call; prompt indices refer to the whole prompt list."""
+        samples, tokens, seconds, versions = [], 0, 0.0, set()
+        for offset, ref in pending:
+            result = ray.get(ref)
+            for s in result["samples"]:
+                s["prompt_index"] += offset
+                samples.append(s)
+            tokens += result["tokens"]
+            seconds = max(seconds, result["seconds"])
+            versions.add(result["version"])
+        return {"samples": samples, "tokens": tokens, "seconds": seconds, "version": min(versions)}
+
+    def generate(self, prompt_ids, n, sampling, seed):
+        return self.collect(self.generate_async(prompt_ids, n, sampling, seed))
+
+    def update_weights(self, blob_ref: ray.ObjectRef, wait: bool = True) -> list[ray.ObjectRef]:
+        """Send new weights to every engine (queued after any generation in flight)."""
+        self.version += 1
+        refs = [e.update_weights.remote(blob_ref, self.version) for e in self.engines]
+        if wait:
+            ray.get(refs)
+        return refs
+
+    def shutdown(self) -> None:
+        for e in self.engines:
+            ray.kill(e)
+        self.engines = []

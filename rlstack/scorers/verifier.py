@@ -1,0 +1,77 @@
+"""Scoring responses with a verifier, in Ray actors beside the training loop.
+
+A verifier is a callable `fn(prompt, response, reference, **extras) -> float` loaded from a
+spec (built-in name, `package.module:function` or `path/to/file.py:function`). A verifier that
+raises or returns something that is not a finite number gives `failure_score` for that sample
+and is counted by kind; it never stops training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+
+class VerifierWorker:
+    """Loads a verifier once and scores batches of samples."""
+
+    def __init__(self, spec: str, failure_score: float) -> None:
+        from rlstack.verifiers import load_verifier
+
+        self.spec = spec
+        self.fn = load_verifier(spec)
+        self.failure_score = failure_score
+
+    def score(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        scores, failures = [], {}
+        for item in items:
+            extras = item.get("extras") or {}
+            try:
+                value = float(self.fn(item["prompt"], item["response"], item["reference"], **extras))
+                if not math.isfinite(value):
+                    raise ValueError("non-finite score")
+            except Exception as err:
+                kind = "nan" if isinstance(err, ValueError) and "non-finite" in str(err) else (
+                    "not_a_number" if isinstance(err, (TypeError, ValueError)) else "raised"
+                )
+                failures[kind] = failures.get(kind, 0) + 1
+                if sum(failures.values()) == 1:
+                    logger.warning("verifier %s failed (%s): %s", self.spec, kind, err)
+                value = self.failure_score
+            scores.append(value)
+        return {"scores": scores, "failures": failures}
+
+
+class VerifierScorer:
+    """A pool of `num_workers` verifier actors; a batch is split across them."""
+
+    def __init__(self, spec: str, failure_score: float, num_workers: int = 1,
+                 cpus_per_worker: float = 0.1, env_vars: dict[str, str] | None = None) -> None:
+        # Fail early, in the driver, with a clear message when the spec does not load.
+        from rlstack.verifiers import load_verifier
+
+        load_verifier(spec)
+        actor = ray.remote(VerifierWorker).options(
+            num_cpus=cpus_per_worker, runtime_env={"env_vars": dict(env_vars or {})}
+        )
+        self.workers = [actor.remote(spec, failure_score) for _ in range(num_workers)]
+
+    def score(self, items: list[dict[str, Any]]) -> tuple[list[float], dict[str, int]]:
+        k = len(self.workers)
+        bounds = [round(i * len(items) / k) for i in range(k + 1)]
+        refs = [w.score.remote(items[a:b]) for w, a, b in zip(self.workers, bounds, bounds[1:])]
+        scores, failures = [], {}
+        for result in ray.get(refs):
+            scores += result["scores"]
+            for kind, n in result["failures"].items():
+                failures[kind] = failures.get(kind, 0) + n
+        return scores, failures
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)

@@ -1,0 +1,1 @@
+"""The training stages; each takes a `StageContext` and returns its checkpoint directory."""

@@ -1,0 +1,108 @@
+"""What every stage receives: the config, the run directory, metrics and the models so far."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlstack.config import Config, DataConfig, OptimConfig
+from rlstack.data import load_rows, split_rows
+from rlstack.learner.group import LearnerGroup
+from rlstack.learner.worker import ModelSpec
+from rlstack.metrics import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    cfg: Config
+    run_dir: Path
+    metrics: MetricsWriter
+    env_vars: dict[str, str]
+    policy_path: str | None = None  # latest causal-LM checkpoint (None: build from scratch)
+    reward_model_path: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def tokenizer(self):
+        """The shared tokenizer: the current checkpoint's, or the built-in character one."""
+        from rlstack.model.build import load_tokenizer
+        from rlstack.model.tokenizer import build_tokenizer
+
+        if self.policy_path is None:
+            return build_tokenizer(self.cfg.model.max_seq_len)
+        return load_tokenizer(self.policy_path)
+
+    def checkpoint_dir(self, stage: str) -> str:
+        return str(self.run_dir / "checkpoints" / stage)
+
+    def load_data(self, stage: str, data: DataConfig, fmt: str | None = None):
+        """Train and held-out rows of a stage's data set."""
+        fmt = fmt or data.format
+        t0 = time.time()
+        rows = load_rows(data.train, fmt, split=data.split, max_rows=data.max_rows, **data.options)
+        if data.eval is not None:
+            train = rows
+            held_out = load_rows(data.eval, fmt, split=data.eval_split, **data.options)
+        else:
+            train, held_out = split_rows(rows, data.eval_fraction, self.cfg.seed)
+        if data.max_eval_rows is not None:
+            held_out = held_out[: data.max_eval_rows]
+        logger.info(
+            "%s: %d train and %d held-out rows from %s (%.1fs)",
+            stage, len(train), len(held_out), data.train, time.time() - t0,
+        )
+        return train, held_out
+
+    def learner(
+        self,
+        name: str,
+        kind: str,
+        init_path: str | None,
+        optim: OptimConfig | None,
+        total_steps: int,
+        samples_per_step: int,
+        start: bool = True,
+    ) -> LearnerGroup:
+        """A learner group (trainable when `optim` is given, frozen otherwise).
+
+        With `start=False` the actors load in the background; call `.start()` before use.
+        """
+        lc = self.cfg.learner
+        world = lc.num_workers if optim is not None else 1
+        per_rank = max(1, samples_per_step // world)
+        micro = min(lc.micro_batch_size, per_rank)
+        spec = ModelSpec(
+            kind=kind,
+            init_path=init_path,
+            model_cfg=asdict(self.cfg.model),
+            trainable=optim is not None,
+            optim=asdict(optim) if optim is not None else {},
+            total_steps=total_steps,
+            zero_stage=lc.zero_stage,
+            bf16=lc.bf16,
+            micro_batch_size=micro,
+            grad_accum=max(1, -(-per_rank // micro)),
+            threads=lc.threads,
+            seed=self.cfg.seed,
+        )
+        group = LearnerGroup(
+            name,
+            spec,
+            num_workers=world,
+            cpus_per_worker=lc.cpus_per_worker if optim is not None else lc.cpus_per_frozen_model,
+            gpus_per_worker=lc.gpus_per_worker,
+            env_vars=self.env_vars,
+        )
+        return group.start(self.cfg.ray.start_timeout_s) if start else group
+
+    def log(self, stage: str, step: int, values: dict[str, Any]) -> None:
+        row = self.metrics.log(stage, step, values)
+        shown = {k: v for k, v in row.items() if k not in ("stage", "step", "time")}
+        text = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()
+        )
+        logger.info("[%s %d] %s", stage, step, text)

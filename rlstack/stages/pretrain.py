@@ -1,0 +1,71 @@
+"""Pretraining: next-token loss on a text corpus, from random weights or a given checkpoint.
+
+The corpus is cut into random windows of `seq_len` tokens; the held-out text (a separate
+source, or the last `eval_fraction` of the corpus) gives `eval/val_loss` in nats per token,
+logged next to the held-out text's unigram entropy (`eval/unigram_baseline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from rlstack.stages.batches import (
+    random_windows,
+    sequential_windows,
+    token_stream,
+    unigram_entropy,
+)
+from rlstack.stages.context import StageContext
+from rlstack.stages.evaluation import lm_val_loss
+
+logger = logging.getLogger(__name__)
+STAGE = "pretrain"
+
+
+def _corpus(ctx: StageContext) -> tuple[list[str], list[str]]:
+    """Training texts and held-out texts; a single document is split by characters."""
+    data = ctx.cfg.pretrain.data
+    texts, held = ctx.load_data(STAGE, data)
+    if data.eval is None and len(texts) + len(held) == 1:
+        text = (texts or held)[0]
+        cut = int(len(text) * (1 - data.eval_fraction))
+        return [text[:cut]], [text[cut:]]
+    return texts, held
+
+
+def run(ctx: StageContext) -> str:
+    c = ctx.cfg.pretrain
+    texts, held = _corpus(ctx)
+    learner = ctx.learner(STAGE, "causal_lm", ctx.policy_path, c.optim, c.steps, c.batch_size)
+    tokenizer = ctx.tokenizer()
+    train_stream = token_stream(tokenizer, texts)
+    val_stream = token_stream(tokenizer, held)
+    baseline = unigram_entropy(val_stream)
+    logger.info(
+        "pretrain: %d train / %d held-out tokens; held-out unigram entropy %.3f nats",
+        len(train_stream), len(val_stream), baseline,
+    )
+    gen = torch.Generator().manual_seed(ctx.cfg.seed)
+
+    def evaluate(step: int) -> None:
+        batches = sequential_windows(val_stream, c.batch_size, c.seq_len, c.eval_batches)
+        loss = lm_val_loss(learner, batches)
+        ctx.log(STAGE, step, {"eval/val_loss": loss, "eval/unigram_baseline": baseline})
+
+    evaluate(0)
+    for step in range(1, c.steps + 1):
+        t0 = time.time()
+        out = learner.train("lm_step", random_windows(train_stream, c.batch_size, c.seq_len, gen))
+        out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
+        if step % 10 == 0 or step == c.steps:
+            ctx.log(STAGE, step, out)
+        if c.eval_every and step % c.eval_every == 0 and step != c.steps:
+            evaluate(step)
+    evaluate(c.steps)
+    path = ctx.checkpoint_dir(STAGE)
+    learner.save(path)
+    learner.shutdown()
+    return path

@@ -1,0 +1,54 @@
+"""Supervised fine-tuning: next-token loss on response tokens of chat-formatted pairs."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from rlstack.stages.batches import sft_batch
+from rlstack.stages.context import StageContext
+from rlstack.stages.evaluation import chunks, lm_val_loss
+
+STAGE = "sft"
+
+
+def run(ctx: StageContext) -> str:
+    c = ctx.cfg.sft
+    train, held = ctx.load_data(STAGE, c.data, fmt=_format(c.data.format))
+    learner = ctx.learner(STAGE, "causal_lm", ctx.policy_path, c.optim, c.steps, c.batch_size)
+    tokenizer = ctx.tokenizer()
+    max_len = ctx.cfg.model.max_seq_len
+    rng = random.Random(ctx.cfg.seed)
+    eval_rows = held[: c.eval_batches * c.batch_size]
+
+    def evaluate(step: int) -> None:
+        batches = (sft_batch(tokenizer, rows, max_len) for rows in chunks(eval_rows, c.batch_size))
+        ctx.log(STAGE, step, {"eval/val_loss": lm_val_loss(learner, batches)})
+
+    evaluate(0)
+    order: list[int] = []
+    for step in range(1, c.steps + 1):
+        if len(order) < c.batch_size:
+            fresh = list(range(len(train)))
+            rng.shuffle(fresh)
+            order += fresh
+        rows = [train[i] for i in order[: c.batch_size]]
+        del order[: c.batch_size]
+        t0 = time.time()
+        out = learner.train("lm_step", sft_batch(tokenizer, rows, max_len))
+        out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
+        if step % 10 == 0 or step == c.steps:
+            ctx.log(STAGE, step, out)
+        if c.eval_every and step % c.eval_every == 0 and step != c.steps:
+            evaluate(step)
+    evaluate(c.steps)
+    path = ctx.checkpoint_dir(STAGE)
+    learner.save(path)
+    learner.shutdown()
+    return path
+
+
+def _format(fmt: str) -> str:
+    # Rows with a prompt and a reference answer train as prompt -> response when the
+    # format also yields a response (gsm8k_calc does); the default format is prompt_response.
+    return "prompt_response" if fmt == "prompt_reference" else fmt

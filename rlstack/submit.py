@@ -1,0 +1,378 @@
+"""Submit an rlstack run to a Ray cluster as a Ray job.
+
+    rlstack submit configs/grpo.yaml --address http://HEAD:8265 --run-dir /shared/runs/grpo \
+        grpo.steps=200
+
+The job runs `python -m rlstack run --run-dir DIR CONFIG [dotted.key=value ...]` on the cluster's
+head node: the same pipeline as a local run, its driver connected to the cluster it runs on
+(Ray sets RAY_ADDRESS for a job). `--address` is the dashboard URL (the Jobs API), not the GCS
+address. The command streams the job's logs here and exits 0 when the job succeeded.
+
+What the job carries (its runtime_env):
+- working_dir: the current directory, minus .venv, .git, runs/, caches and what .gitignore or
+  .rayignore list. Ray unpacks it on every node and starts the driver and every actor inside it,
+  so a path the config names relative to this directory (a data file, a verifier .py file) means
+  the same file on the cluster as for `rlstack run` from here. The config must lie inside this
+  directory, outside the left-out folders, and is passed by its relative path, so paths relative
+  to the config's own folder work too. A file that .gitignore or .rayignore lists does not
+  travel: the run then fails on the cluster with "not found". Ray refuses a working_dir over
+  512 MiB zipped: keep large data sets on storage the nodes share, named by absolute path.
+- py_modules: the rlstack package this command runs from, so the nodes need the dependencies
+  only, not rlstack itself, and always run the code that was submitted.
+- env_vars: runtime.BASE_ENV (a value exported here wins), and RAY_OVERRIDE_JOB_RUNTIME_ENV=1
+  so that the driver's own ray.init(runtime_env=...) merges with the job's instead of failing.
+
+Why a working_dir and not absolute paths: an absolute path on this machine names nothing on a
+cluster node unless both mount the same storage. A config value that names an existing local path
+outside the working_dir (absolute, or relative through ../) is therefore reported as a warning
+before submitting: the cluster must hold it at the same path.
+
+The run directory is written on the cluster, not here, and nothing is copied back. A relative
+--run-dir (or none: the run's default) lands in the job's unpacked copy of the working_dir on the
+head node, a Ray cache that is deleted when unused; checkpoints written by actors on other nodes
+land on those nodes. Pass an absolute --run-dir on storage that every node mounts.
+
+Authentication (Ray 2.60): a cluster started with RAY_AUTH_MODE=token, or with the variable unset
+while a token exists (~/.ray/auth_token), demands a token. This client sends one only when
+RAY_AUTH_MODE=token is in the environment before ray is imported, reading RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; a refused token is reported as an RLStackError. See
+cluster/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import re
+import secrets
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from rlstack import runtime
+from rlstack.errors import ConfigError, RLStackError
+
+logger = logging.getLogger(__name__)
+
+# Left out of the working_dir (gitignore syntax, relative to it).
+EXCLUDES = [
+    ".venv",
+    ".git",
+    "/runs/",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
+# Ray reads these before the address argument; submit honours --address only.
+ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+CONNECT_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 1.0
+
+
+def submit_job(
+    config_path: str,
+    address: str,
+    overrides: list[str],
+    run_dir: str | None,
+    wait: bool = True,
+    timeout_s: float | None = None,
+) -> int:
+    """Submit `rlstack run` for a config as a Ray job and, by default, follow it to the end.
+
+    Args:
+        config_path: the run's config file; it must lie inside the current directory.
+        address: the cluster's dashboard URL, e.g. http://127.0.0.1:8265.
+        overrides: `dotted.key=value` config overrides, passed on to `rlstack run`.
+        run_dir: the run directory on the cluster (see the module docstring), or None for the
+            run's default.
+        wait: follow the job, streaming its logs to stdout, until it ends.
+        timeout_s: stop the job and fail when it has not ended after this many seconds.
+
+    Returns:
+        A process exit code: 0 when the job succeeded (or was submitted, with wait=False),
+        1 when it failed, was stopped or timed out, 130 when interrupted (the job keeps running).
+
+    Raises:
+        RLStackError: the config is missing or unreadable, an override is malformed, or the
+            cluster cannot be reached or refuses the job.
+    """
+    working_dir = Path.cwd().resolve()
+    config = _config_in(working_dir, config_path)
+    for override in overrides:
+        if "=" not in override or override.startswith("="):
+            raise ConfigError(f"override {override!r} is not of the form dotted.key=value")
+    _warn_paths_left_behind(config, working_dir, overrides)
+    if run_dir is None or not Path(run_dir).is_absolute():
+        logger.warning(
+            "run directory %s is relative: on the cluster it lands inside the job's copy of the "
+            "working directory and is not kept; pass an absolute --run-dir on shared storage",
+            run_dir or "(the run's default)",
+        )
+    _check_reachable(address)
+
+    client = _connect(address)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", config.stem)
+    submission_id = f"rlstack-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    entrypoint = job_entrypoint(config.relative_to(working_dir).as_posix(), run_dir, overrides)
+    with _client_errors(address):
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=job_runtime_env(working_dir),
+            submission_id=submission_id,
+        )
+    logger.info("submitted job %s to %s: %s", job_id, address, entrypoint)
+    if not wait:
+        logger.info("follow it with: ray job logs --follow %s --address %s", job_id, address)
+        return 0
+
+    try:
+        return _follow(client, job_id, address, timeout_s)
+    except KeyboardInterrupt:
+        logger.warning(
+            "stopped following job %s; it keeps running (ray job stop %s --address %s)",
+            job_id,
+            job_id,
+            address,
+        )
+        return 130
+
+
+def job_entrypoint(config: str, run_dir: str | None, overrides: list[str]) -> str:
+    """The shell command the job runs: `python -m rlstack run` with the same arguments."""
+    args = ["python", "-m", "rlstack", "run"]
+    if run_dir is not None:
+        args += ["--run-dir", run_dir]
+    args += [config, *overrides]
+    return shlex.join(args)
+
+
+def job_runtime_env(working_dir: Path) -> dict[str, Any]:
+    """The job's runtime_env: the working_dir, the rlstack source and the shared env vars."""
+    package_dir = Path(__file__).resolve().parent
+    env_vars = {key: os.environ.get(key, value) for key, value in runtime.BASE_ENV.items()}
+    # The driver's ray.init passes env_vars of its own; Ray refuses to merge them with the job's
+    # (same keys) unless told to, and then merges per variable, the driver's value winning.
+    env_vars["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    return {
+        "working_dir": str(working_dir),
+        "py_modules": [str(package_dir)],
+        "excludes": EXCLUDES,
+        "env_vars": env_vars,
+    }
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `rlstack submit` to a (sub)parser; `run_submit` consumes them."""
+    parser.add_argument("config", help="the run's config file, inside the current directory")
+    parser.add_argument(
+        "--address",
+        required=True,
+        help="the cluster's dashboard URL (Jobs API), e.g. http://127.0.0.1:8265",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="run directory on the cluster: an absolute path on storage every node mounts",
+    )
+    parser.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="return once the job is submitted instead of following its logs",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for the job before stopping it (default: no limit)",
+    )
+    overrides = parser.add_argument(
+        "overrides",
+        nargs="+",
+        default=[],
+        metavar="dotted.key=value",
+        help="config overrides (optional), passed on to `rlstack run`",
+    )
+    # note: nargs="*" would let argparse consume an empty list right after CONFIG and reject
+    # overrides given after the options; "+" made optional matches them wherever they follow.
+    overrides.required = False
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """Run `rlstack submit` from parsed arguments; returns the exit code."""
+    return submit_job(
+        args.config,
+        args.address,
+        list(args.overrides),
+        args.run_dir,
+        wait=args.wait,
+        timeout_s=args.timeout,
+    )
+
+
+def _config_in(working_dir: Path, config_path: str) -> Path:
+    """The config's absolute path; it must exist inside the working_dir."""
+    config = Path(config_path).expanduser()
+    config = (working_dir / config).resolve()
+    if not config.is_file():
+        raise ConfigError(f"config file {config_path} not found")
+    if not config.is_relative_to(working_dir):
+        raise ConfigError(
+            f"config file {config_path} lies outside the current directory {working_dir}, which "
+            "is what the job carries; run rlstack submit from a directory that contains it"
+        )
+    parts = config.relative_to(working_dir).parts
+    for pattern in EXCLUDES:
+        anchored = pattern.startswith("/")
+        names = parts[:1] if anchored else parts
+        if any(fnmatch.fnmatch(name, pattern.strip("/")) for name in names):
+            raise ConfigError(
+                f"config file {config_path} is in a folder the job leaves out ({pattern}); "
+                "move it elsewhere under the current directory"
+            )
+    return config
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast (one line) when the address is not an http(s) URL or nothing answers there."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RLStackError(
+            f"address {address!r} is not the dashboard URL of a Ray cluster "
+            "(expected http://HOST:PORT, usually port 8265)"
+        )
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise RLStackError(f"cannot reach the Ray cluster at {address}: {err}") from None
+
+
+def _connect(address: str) -> Any:
+    """A JobSubmissionClient for exactly this address (the address env vars are ignored)."""
+    from ray.job_submission import JobSubmissionClient
+
+    hidden = {key: os.environ.pop(key) for key in ADDRESS_ENV_VARS if key in os.environ}
+    try:
+        with _client_errors(address):
+            return JobSubmissionClient(address)
+    finally:
+        os.environ.update(hidden)
+
+
+@contextlib.contextmanager
+def _client_errors(address: str) -> Iterator[None]:
+    """Turn the Jobs API client's connection and request errors into one-line RLStackErrors."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    try:
+        yield
+    except AuthenticationError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise RLStackError(
+            f"the Ray cluster at {address} refused the request ({first_line}); set "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token"
+        ) from None
+    except (ConnectionError, requests.RequestException) as err:
+        raise RLStackError(f"cannot talk to the Ray cluster at {address}: {err}") from None
+    except (RuntimeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise RLStackError(f"the Ray cluster at {address} refused the job: {first_line}") from None
+
+
+def _follow(client: Any, job_id: str, address: str, timeout_s: float | None) -> int:
+    """Stream the job's logs to stdout until it ends; return 0 when it succeeded."""
+    import aiohttp
+    from ray.job_submission import JobStatus
+
+    start = time.monotonic()
+    try:
+        asyncio.run(asyncio.wait_for(_print_logs(client, job_id), timeout_s))
+    except asyncio.TimeoutError:
+        pass
+    except (RuntimeError, OSError, aiohttp.ClientError) as err:
+        logger.warning("log stream of job %s broke off (%s); polling its status", job_id, err)
+
+    with _client_errors(address):
+        status = client.get_job_status(job_id)
+        while not status.is_terminal():
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                client.stop_job(job_id)
+                logger.error("job %s did not end within %.0f s; stopped it", job_id, timeout_s)
+                return 1
+            time.sleep(POLL_INTERVAL_S)
+            status = client.get_job_status(job_id)
+        info = client.get_job_info(job_id)
+
+    elapsed = time.monotonic() - start
+    if status == JobStatus.SUCCEEDED:
+        logger.info("job %s succeeded after %.1f s", job_id, elapsed)
+        return 0
+    lines = [line.strip() for line in (info.message or "").splitlines() if line.strip()]
+    reason = lines[0] if lines else "no message"
+    if len(lines) > 1:
+        reason += f" ... {lines[-1]}"
+    logger.error("job %s %s: %s", job_id, status.value, reason)
+    return 1
+
+
+async def _print_logs(client: Any, job_id: str) -> None:
+    """Copy the job's log stream to stdout as it arrives; returns when the job has ended."""
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def _warn_paths_left_behind(config: Path, working_dir: Path, overrides: list[str]) -> None:
+    """Warn about config values naming an existing local path the working_dir does not hold."""
+    try:
+        values = list(_strings(yaml.safe_load(config.read_text())))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config file {config}: {err}") from None
+    values += [override.split("=", 1)[1] for override in overrides if "=" in override]
+
+    root = working_dir.resolve()
+    for value in values:
+        if not value or "\n" in value or len(value) > 4096:
+            continue
+        path = Path(value).expanduser()
+        for base in (working_dir, config.parent):
+            candidate = path if path.is_absolute() else base / path
+            with contextlib.suppress(OSError):
+                if candidate.exists() and (
+                    path.is_absolute() or not candidate.resolve().is_relative_to(root)
+                ):
+                    logger.warning(
+                        "config value %s names a local path the job does not carry; the cluster "
+                        "must hold it at that same path (or move it under %s, named relatively)",
+                        value,
+                        working_dir,
+                    )
+                    break
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string value in a parsed YAML document."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)

@@ -1,0 +1,338 @@
+"""Tests for rlstack.data: sources, formats, synthetic data and splitting.
+
+    .venv/bin/python -m pytest tests/test_data.py
+
+The real-data tests read ../shared/data (next to the repository) and are skipped without it.
+No test touches the network.
+"""
+
+import gzip
+import json
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from rlstack.data import FORMATS, load_records, load_rows, split_rows, synthetic_records
+from rlstack.data.formats import gsm8k_calc, hh_rlhf, prompt_reference
+from rlstack.errors import ConfigError, DataError
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
+HH_TEST = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+def _require(path: Path) -> str:
+    if not path.exists():
+        pytest.skip(f"real data file {path} is absent (see shared/data/README.md)")
+    return str(path)
+
+
+def _write_jsonl(path: Path, rows: list) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+# --- real data ---------------------------------------------------------------------------------
+
+
+def test_gsm8k_calc_turns_real_annotations_into_distinct_calculations():
+    rows = load_rows(_require(GSM8K_TRAIN), "gsm8k_calc")
+
+    assert len(rows) == 10772
+    assert rows[:3] == [
+        {"prompt": "48/2", "reference": "24", "response": "24"},
+        {"prompt": "48+24", "reference": "72", "response": "72"},
+        {"prompt": "12/60", "reference": "0.2", "response": "0.2"},
+    ]
+    prompts = [r["prompt"] for r in rows]
+    assert len(set(prompts)) == len(prompts)
+    assert not any(" " in p for p in prompts)
+    assert all(re.fullmatch(r"-?(\d+(\.\d+)?|\.\d+)", r["reference"]) for r in rows)
+
+
+def test_hh_rlhf_real_pairs_end_at_assistant_turn_and_differ():
+    rows = load_rows(_require(HH_TEST), "hh_rlhf")
+
+    assert 2200 < len(rows) <= 2312
+    for row in rows:
+        assert row["prompt"].endswith("Assistant:")
+        assert row["chosen"] and row["rejected"]
+        assert row["chosen"] != row["rejected"]
+        assert row["chosen"] == row["chosen"].strip()
+
+
+def test_hh_rlhf_max_prompt_chars_keeps_the_tail_from_a_human_turn():
+    rows = load_rows(_require(HH_TEST), "hh_rlhf", max_prompt_chars=400)
+
+    assert all(len(r["prompt"]) <= 400 for r in rows)
+    assert all(r["prompt"].endswith("\n\nAssistant:") for r in rows)
+    assert sum(r["prompt"].startswith("\n\nHuman:") for r in rows) > 0.95 * len(rows)
+
+
+def test_txt_file_loads_as_one_text_record():
+    records = load_records(_require(SHAKESPEARE))
+
+    assert len(records) == 1
+    assert records[0]["text"].startswith("First Citizen:")
+    assert len(records[0]["text"].splitlines()) == 40000
+    assert load_rows(str(SHAKESPEARE), "text") == [records[0]["text"]]
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c",, }\n', encoding="utf-8")
+
+    with pytest.raises(DataError, match="malformed JSON row") as caught:
+        load_records(str(path))
+    assert "x.jsonl:3:" in str(caught.value)
+
+
+def test_jsonl_row_that_is_not_an_object_is_rejected(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "a"}\n[1, 2]\n', encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"x\.jsonl:2: row is not a JSON object"):
+        load_records(str(path))
+
+
+def test_jsonl_skips_blank_lines_and_reads_gzip_and_max_rows(tmp_path):
+    plain = tmp_path / "x.jsonl"
+    plain.write_text('{"n": 1}\n\n  \n{"n": 2}\n{"n": 3}\n', encoding="utf-8")
+    packed = tmp_path / "x.jsonl.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(plain.read_text(encoding="utf-8"))
+
+    assert load_records(str(plain)) == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert load_records(str(packed)) == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert load_records(str(plain), max_rows=2) == [{"n": 1}, {"n": 2}]
+
+
+def test_jsonl_reading_stops_at_max_rows_and_names_bad_utf8_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"n": 1}\n{"n": 2}\n{"n": "\xff"}\n')
+
+    assert load_records(str(path), max_rows=2) == [{"n": 1}, {"n": 2}]
+    with pytest.raises(DataError, match=r"x\.jsonl:3: row is not valid UTF-8"):
+        load_records(str(path))
+
+
+def test_json_csv_and_parquet_files_load_as_records(tmp_path):
+    rows = [{"prompt": "1+1", "response": "2"}, {"prompt": "2+2", "response": "4"}]
+    (tmp_path / "a.json").write_text(json.dumps(rows), encoding="utf-8")
+    (tmp_path / "b.csv").write_text("prompt,response\n1+1,2\n2+2,4\n", encoding="utf-8")
+    _write_jsonl(tmp_path / "c.json", rows)  # JSON lines under a .json name
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+
+    for name in ("a.json", "b.csv", "c.json", "d.parquet"):
+        assert load_records(str(tmp_path / name)) == rows, name
+    assert load_records(str(tmp_path / "d.parquet"), max_rows=1) == rows[:1]
+
+
+def test_ragged_csv_row_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("prompt,response\n1+1,2\n2+2,4,extra\n", encoding="utf-8")
+
+    with pytest.raises(DataError, match=r"bad\.csv:3: row has 3 fields"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize("name", ["nope.jsonl", "./nope", "sub/nope.csv", "~/rlstack-nope.txt"])
+def test_missing_local_file_raises_data_error(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(DataError, match=f"data file not found: {re.escape(name)}"):
+        load_records(name)
+
+
+def test_failed_hub_load_is_a_one_line_data_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+
+    def offline(name, split):
+        raise ConnectionError(f"cannot reach the hub\nfor {name}")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+
+    with pytest.raises(DataError) as caught:
+        load_records("someone/some-data", split="test")
+    message = str(caught.value)
+    assert "someone/some-data" in message and "ConnectionError" in message
+    assert "\n" not in message
+
+
+def test_local_directory_loads_with_datasets_offline(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", [{"text": "a"}, {"text": "b"}])
+
+    assert load_records(str(folder)) == [{"text": "a"}, {"text": "b"}]
+    assert load_records(str(folder), max_rows=1) == [{"text": "a"}]
+    with pytest.raises(DataError, match="split 'test'"):
+        load_records(str(folder), split="test")
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def test_missing_field_names_the_source_and_row(tmp_path):
+    path = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+
+    with pytest.raises(DataError, match=r"sft\.jsonl: row 2: missing field 'response'"):
+        load_rows(path, "prompt_response")
+
+
+def test_non_string_field_is_rejected_with_its_row():
+    records = [{"prompt": "a", "chosen": "b", "rejected": 3}]
+
+    with pytest.raises(DataError, match=r"mem: row 1: field 'rejected' is int"):
+        FORMATS["pairs"](records, "mem")
+
+
+def test_field_options_rename_columns(tmp_path):
+    path = _write_jsonl(tmp_path / "q.jsonl", [{"question": "2+2", "answer": "4"}])
+
+    rows = load_rows(path, "prompt_response", prompt_field="question", response_field="answer")
+
+    assert rows == [{"prompt": "2+2", "response": "4"}]
+
+
+def test_prompt_reference_keeps_other_columns_as_extras():
+    records = [{"question": "1+2", "reference": "3", "level": 1, "prompt": "stale"}]
+
+    rows = prompt_reference(records, "mem", prompt_field="question")
+
+    assert rows == [{"prompt": "1+2", "reference": "3", "level": 1}]
+
+
+def test_gsm8k_calc_strips_spaces_and_skips_bad_and_repeated_annotations():
+    records = [
+        {"answer": "a <<48 / 2=24>>24 b <<=3>> c <<2+2=>> d <<1+1=two>> e <<7*1=1,000>>"},
+        {"answer": "<<48/2=24>>24 again, then <<3-5=-2>>-2 and <<1/2=.5>>.5\n#### 1"},
+    ]
+
+    rows = gsm8k_calc(records, "mem")
+
+    assert [(r["prompt"], r["reference"]) for r in rows] == [
+        ("48/2", "24"),
+        ("3-5", "-2"),
+        ("1/2", ".5"),
+    ]
+    assert all(r["response"] == r["reference"] for r in rows)
+
+
+def test_hh_rlhf_splits_last_reply_and_skips_unusable_pairs():
+    prefix = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: help?\n\nAssistant:"
+    records = [
+        {"chosen": prefix + " Sure. ", "rejected": prefix + " No."},
+        {"chosen": prefix + " Same", "rejected": prefix + " Same"},
+        {"chosen": prefix + "  ", "rejected": prefix + " No."},
+        {"chosen": prefix + " A", "rejected": "\n\nHuman: other\n\nAssistant: B"},
+        {"chosen": "no turns", "rejected": "at all"},
+    ]
+
+    rows = hh_rlhf(records, "mem")
+
+    assert rows == [{"prompt": prefix, "chosen": "Sure.", "rejected": "No."}]
+
+
+def test_hh_rlhf_long_prompt_is_cut_at_a_human_turn():
+    prefix = "\n\nHuman: " + "x" * 50 + "\n\nAssistant: ok\n\nHuman: short\n\nAssistant:"
+    records = [{"chosen": prefix + " yes", "rejected": prefix + " no"}]
+
+    (row,) = hh_rlhf(records, "mem", max_prompt_chars=40)
+
+    assert row["prompt"] == "\n\nHuman: short\n\nAssistant:"
+
+
+def test_unknown_format_raises_config_error_listing_known_ones():
+    with pytest.raises(ConfigError, match="unknown data format 'alpaca'") as caught:
+        load_rows("synthetic:arithmetic", "alpaca")
+    for name in FORMATS:
+        assert name in str(caught.value)
+
+
+def test_unknown_format_option_raises_config_error():
+    with pytest.raises(ConfigError, match="has no option prompt_col"):
+        load_rows("synthetic:arithmetic", "prompt_response", prompt_col="x")
+
+
+def test_format_that_yields_no_rows_is_a_data_error(tmp_path):
+    path = _write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answer": "no annotations"}])
+
+    with pytest.raises(DataError, match="no usable rows"):
+        load_rows(path, "gsm8k_calc")
+
+
+# --- synthetic ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["text", "arithmetic", "preferences"])
+def test_synthetic_data_is_deterministic_for_a_seed(name):
+    assert synthetic_records(name, n=300, seed=3) == synthetic_records(name, n=300, seed=3)
+    assert synthetic_records(name, n=300, seed=3) != synthetic_records(name, n=300, seed=4)
+
+
+def test_synthetic_arithmetic_references_are_correct():
+    rows = load_rows("synthetic:arithmetic", "prompt_reference")
+
+    assert len(rows) == 2000
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    for row in rows:
+        a, op, b = re.fullmatch(r"(\d{1,2})([+-])(\d{1,2})", row["prompt"]).groups()
+        expected = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert expected >= 0
+        assert row["reference"] == row["response"] == str(expected)
+
+
+def test_synthetic_preferences_choose_the_right_result():
+    rows = load_rows("synthetic:preferences", "pairs")
+
+    for row in rows:
+        a, op, b = re.fullmatch(r"(\d+)([+-])(\d+)", row["prompt"]).groups()
+        expected = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert row["chosen"] == str(expected)
+        assert row["rejected"] != row["chosen"] and int(row["rejected"]) >= 0
+
+
+def test_synthetic_text_is_printable_ascii_of_corpus_size():
+    (corpus,) = load_rows("synthetic:text", "text")
+
+    assert 50_000 <= len(corpus) <= 200_000
+    assert set(corpus) <= set(string.printable)
+    assert re.search(r"^\d+\+\d+=\d+\.$", corpus, re.MULTILINE)
+
+
+def test_unknown_synthetic_name_lists_known_ones():
+    with pytest.raises(DataError, match="unknown synthetic data set.*arithmetic"):
+        load_records("synthetic:poems")
+
+
+# --- split -------------------------------------------------------------------------------------
+
+
+def test_split_rows_is_deterministic_and_partitions_rows():
+    rows = list(range(100))
+
+    train, held_out = split_rows(rows, 0.1, seed=7)
+
+    assert (train, held_out) == split_rows(rows, 0.1, seed=7)
+    assert len(held_out) == 10 and sorted(train + held_out) == rows
+    assert split_rows(rows, 0.1, seed=8) != (train, held_out)
+
+
+def test_split_rows_holds_out_at_least_one_row():
+    assert [len(part) for part in split_rows([1, 2], 0.01, seed=0)] == [1, 1]
+    assert split_rows([1, 2, 3], 0.0, seed=0)[1] == []
+    with pytest.raises(ConfigError):
+        split_rows([1, 2], 1.0, seed=0)
