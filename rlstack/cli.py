@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.overrides = [*args.overrides, *extra]
     # `run key=value` has no config file.
-    if getattr(args, "config", None) and "=" in args.config and not args.config.endswith(
-        (".yaml", ".yml")
+    if (
+        getattr(args, "config", None)
+        and "=" in args.config
+        and not args.config.endswith((".yaml", ".yml"))
     ):
         args.overrides = [args.config, *args.overrides]
         args.config = None

@@ -101,6 +101,7 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 16  # response length limit in tokens
+    min_tokens: int = 0  # generate at least this many tokens before the end token may stop
     eval_temperature: float = 0.0  # 0: greedy decoding for held-out evaluation
 
 
@@ -122,8 +123,8 @@ class SFTConfig:
     data: DataConfig = field(
         default_factory=lambda: DataConfig(train="synthetic:arithmetic", format="prompt_response")
     )
-    steps: int = 200
-    batch_size: int = 16
+    steps: int = 400
+    batch_size: int = 32
     eval_every: int = 50
     eval_batches: int = 4
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
@@ -188,6 +189,7 @@ def _grpo_defaults() -> RLConfig:
         advantage="group",
         reward_source="verifier",
         samples_per_prompt=8,
+        steps=30,
         kl_coef=0.0,
         kl_in_reward=False,
     )
@@ -296,6 +298,8 @@ def to_yaml(cfg: Config) -> str:
 
 
 def as_dict(section: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(section)) if not isinstance(
-        section, (dict, DictConfig)
-    ) else dict(section)
+    return (
+        OmegaConf.to_container(OmegaConf.structured(section))
+        if not isinstance(section, (dict, DictConfig))
+        else dict(section)
+    )

@@ -47,15 +47,24 @@ def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     handler = _log_to_file(run_dir)
+    try:
+        return _run_stages(cfg, run_dir)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _run_stages(cfg: Config, run_dir: Path) -> Path:
     logger.info("run directory: %s", run_dir)
     t_start = time.time()
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=None, env_vars={})
+    ctx.preflight()
 
     import ray
 
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
-    env = init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
-    metrics = MetricsWriter(run_dir)
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=metrics, env_vars=env)
+    ctx.env_vars = init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
+    ctx.metrics = MetricsWriter(run_dir)
     if cfg.model.init != "random":
         ctx.policy_path = cfg.model.init
     policy_label = "init" if cfg.model.init != "random" else None
@@ -78,11 +87,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
             durations[stage] = round(time.time() - t0, 1)
             logger.info("stage %s: done in %.1fs", stage, durations[stage])
     finally:
-        metrics.close()
+        ctx.metrics.close()
         if owns_ray:
             ray.shutdown()
-        logging.getLogger().removeHandler(handler)
-        handler.close()
     summary = {
         "checkpoints": ctx.outputs,
         "stage_seconds": durations,

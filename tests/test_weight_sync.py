@@ -34,9 +34,17 @@ ROLLOUT = {
 
 def model_cfg(arch: str) -> SimpleNamespace:
     return SimpleNamespace(
-        arch=arch, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, ffn_size=128,
-        expert_size=64, num_experts=4, experts_per_token=2 if arch == "qwen3_moe" else 1,
-        max_seq_len=256, rope_theta=10000.0,
+        arch=arch,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        ffn_size=128,
+        expert_size=64,
+        num_experts=4,
+        experts_per_token=2 if arch == "qwen3_moe" else 1,
+        max_seq_len=256,
+        rope_theta=10000.0,
     )
 
 
@@ -44,9 +52,14 @@ def hf_greedy(model, prompt_ids: list[list[int]], eos: int, pad: int) -> list[li
     out = []
     for ids in prompt_ids:
         x = torch.tensor([ids])
-        gen = model.generate(x, max_new_tokens=GREEDY["max_tokens"], do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad)
-        out.append(gen[0, len(ids):].tolist())
+        gen = model.generate(
+            x,
+            max_new_tokens=GREEDY["max_tokens"],
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+        out.append(gen[0, len(ids) :].tolist())
     return out
 
 
@@ -57,10 +70,21 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
     save_model(model, tokenizer, init_dir)
     prompt_ids = [encode(tokenizer, format_prompt(tokenizer, p)) for p in PROMPTS]
 
-    spec = ModelSpec(kind="causal_lm", init_path=str(init_dir), threads=1, micro_batch_size=8,
-                     optim={"lr": 1e-2, "betas": [0.9, 0.95], "weight_decay": 0.0,
-                            "grad_clip": 1.0, "warmup_steps": 0, "min_lr_ratio": 1.0},
-                     total_steps=10)
+    spec = ModelSpec(
+        kind="causal_lm",
+        init_path=str(init_dir),
+        threads=1,
+        micro_batch_size=8,
+        optim={
+            "lr": 1e-2,
+            "betas": [0.9, 0.95],
+            "weight_decay": 0.0,
+            "grad_clip": 1.0,
+            "warmup_steps": 0,
+            "min_lr_ratio": 1.0,
+        },
+        total_steps=10,
+    )
     learner = LearnerGroup("policy", spec, cpus_per_worker=0.5, env_vars=ray_local).start()
     rollout = RolloutGroup(str(init_dir), ROLLOUT, 256, seed=0, env_vars=ray_local).start()
     try:
@@ -69,8 +93,11 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
         # Train on a fixed pattern so the weights (and greedy outputs) move far from init.
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(10, 100, (8, 64), generator=gen)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                 "loss_mask": torch.ones_like(ids)}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "loss_mask": torch.ones_like(ids),
+        }
         for _ in range(5):
             learner.train("lm_step", batch)
         rollout.update_weights(learner.weights_blob_ref())

@@ -23,8 +23,11 @@ def wait_started(name: str, refs: list, request: str, timeout_s: float) -> None:
     """Wait for actors to come up; fail with the cluster's free resources instead of hanging."""
     _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     if pending:
-        free = {k: round(v, 2) for k, v in ray.available_resources().items()
-                if k in ("CPU", "GPU", "memory")}
+        free = {
+            k: round(v, 2)
+            for k, v in ray.available_resources().items()
+            if k in ("CPU", "GPU", "memory")
+        }
         raise RLStackError(
             f"{name}: actors did not start within {timeout_s:.0f}s (asked for {request}; "
             f"free now: {free}); lower the per-role cpus/gpus in the config or add resources"
@@ -67,8 +70,9 @@ class LearnerGroup:
             addr, port, store = ray.get(self.workers[0].rendezvous.remote())
             ray.get([w.init_engine.remote(addr, port, store) for w in self.workers])
         params = ray.get(self.workers[0].ready.remote())
-        logger.info("%s: %d rank(s) ready, %.2fM parameters", self.name, self.world_size,
-                    params / 1e6)
+        logger.info(
+            "%s: %d rank(s) ready, %.2fM parameters", self.name, self.world_size, params / 1e6
+        )
         self._started = True
         return self
 

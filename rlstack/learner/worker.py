@@ -235,8 +235,11 @@ class LearnerWorker:
             self._backward(loss / total_tokens * self.spec.grad_accum)
             loss_sum += loss.item()
         self.steps += 1
-        return {"loss": loss_sum / total_tokens.item(), "tokens": total_tokens.item(),
-                "lr": self._lr()}
+        return {
+            "loss": loss_sum / total_tokens.item(),
+            "tokens": total_tokens.item(),
+            "lr": self._lr(),
+        }
 
     @torch.no_grad()
     def lm_eval(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -396,5 +399,7 @@ class LearnerWorker:
         if self.spec.kind == "scalar":
             setattr(module.config, SCALAR_MARKER, True)
         module.config.use_cache = True
-        save_model(module, self.tokenizer, path, state_dict={k: v.float() for k, v in state.items()})
+        save_model(
+            module, self.tokenizer, path, state_dict={k: v.float() for k, v in state.items()}
+        )
         module.config.use_cache = False

@@ -114,7 +114,9 @@ def make_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Pretraine
         return LlamaConfig(
             **common, intermediate_size=model_cfg.ffn_size, architectures=["LlamaForCausalLM"]
         )
-    raise ConfigError(f"model.arch: unknown architecture {model_cfg.arch!r}; known: {ARCHITECTURES}")
+    raise ConfigError(
+        f"model.arch: unknown architecture {model_cfg.arch!r}; known: {ARCHITECTURES}"
+    )
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -127,9 +129,7 @@ def new_causal_lm(model_cfg: Any, seed: int) -> tuple[PreTrainedModel, PreTraine
     config = make_config(model_cfg, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    logger.info(
-        "new %s model: %.2fM parameters", model_cfg.arch, count_parameters(model) / 1e6
-    )
+    logger.info("new %s model: %.2fM parameters", model_cfg.arch, count_parameters(model) / 1e6)
     return model, tokenizer
 
 

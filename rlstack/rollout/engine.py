@@ -66,6 +66,7 @@ class RolloutEngine:
             temperature=sampling["temperature"],
             top_p=1.0 if greedy else sampling["top_p"],
             max_tokens=sampling["max_tokens"],
+            min_tokens=sampling.get("min_tokens", 0),
             logprobs=0,
             seed=seed,
         )

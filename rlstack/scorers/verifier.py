@@ -32,12 +32,16 @@ class VerifierWorker:
         for item in items:
             extras = item.get("extras") or {}
             try:
-                value = float(self.fn(item["prompt"], item["response"], item["reference"], **extras))
+                value = float(
+                    self.fn(item["prompt"], item["response"], item["reference"], **extras)
+                )
                 if not math.isfinite(value):
                     raise ValueError("non-finite score")
             except Exception as err:
-                kind = "nan" if isinstance(err, ValueError) and "non-finite" in str(err) else (
-                    "not_a_number" if isinstance(err, (TypeError, ValueError)) else "raised"
+                kind = (
+                    "nan"
+                    if isinstance(err, ValueError) and "non-finite" in str(err)
+                    else ("not_a_number" if isinstance(err, (TypeError, ValueError)) else "raised")
                 )
                 failures[kind] = failures.get(kind, 0) + 1
                 if sum(failures.values()) == 1:
@@ -50,8 +54,14 @@ class VerifierWorker:
 class VerifierScorer:
     """A pool of `num_workers` verifier actors; a batch is split across them."""
 
-    def __init__(self, spec: str, failure_score: float, num_workers: int = 1,
-                 cpus_per_worker: float = 0.1, env_vars: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        failure_score: float,
+        num_workers: int = 1,
+        cpus_per_worker: float = 0.1,
+        env_vars: dict[str, str] | None = None,
+    ) -> None:
         # Fail early, in the driver, with a clear message when the spec does not load.
         from rlstack.verifiers import load_verifier
 

@@ -21,11 +21,12 @@ logger = logging.getLogger(__name__)
 class StageContext:
     cfg: Config
     run_dir: Path
-    metrics: MetricsWriter
+    metrics: MetricsWriter | None
     env_vars: dict[str, str]
     policy_path: str | None = None  # latest causal-LM checkpoint (None: build from scratch)
     reward_model_path: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    data_cache: dict[str, tuple[list, list]] = field(default_factory=dict)
 
     def tokenizer(self):
         """The shared tokenizer: the current checkpoint's, or the built-in character one."""
@@ -39,23 +40,44 @@ class StageContext:
     def checkpoint_dir(self, stage: str) -> str:
         return str(self.run_dir / "checkpoints" / stage)
 
-    def load_data(self, stage: str, data: DataConfig, fmt: str | None = None):
-        """Train and held-out rows of a stage's data set."""
-        fmt = fmt or data.format
+    def load_data(self, stage: str) -> tuple[list, list]:
+        """Train and held-out rows of a stage's data set (loaded once, then cached)."""
+        if stage in self.data_cache:
+            return self.data_cache[stage]
+        data: DataConfig = getattr(self.cfg, stage).data
         t0 = time.time()
-        rows = load_rows(data.train, fmt, split=data.split, max_rows=data.max_rows, **data.options)
+        opts = dict(data.options)
+        rows = load_rows(data.train, data.format, split=data.split, max_rows=data.max_rows, **opts)
         if data.eval is not None:
             train = rows
-            held_out = load_rows(data.eval, fmt, split=data.eval_split, **data.options)
+            held_out = load_rows(data.eval, data.format, split=data.eval_split, **opts)
+        elif stage == "pretrain" and len(rows) == 1:
+            train, held_out = rows, []  # one document: pretraining holds out its tail
         else:
             train, held_out = split_rows(rows, data.eval_fraction, self.cfg.seed)
-        if data.max_eval_rows is not None:
+        if data.max_eval_rows is not None and stage != "pretrain":
             held_out = held_out[: data.max_eval_rows]
         logger.info(
             "%s: %d train and %d held-out rows from %s (%.1fs)",
-            stage, len(train), len(held_out), data.train, time.time() - t0,
+            stage,
+            len(train),
+            len(held_out),
+            data.train,
+            time.time() - t0,
         )
+        self.data_cache[stage] = (train, held_out)
         return train, held_out
+
+    def preflight(self) -> None:
+        """Load every stage's data and plug-ins before any actor starts, so that bad input
+        fails in seconds with one clear error instead of after the earlier stages."""
+        from rlstack.verifiers import load_verifier
+
+        for stage in self.cfg.stages:
+            self.load_data(stage)
+            section = getattr(self.cfg, stage)
+            if getattr(section, "reward_source", None) == "verifier":
+                load_verifier(section.verifier)
 
     def learner(
         self,

@@ -28,9 +28,9 @@ STAGE = "pretrain"
 def _corpus(ctx: StageContext) -> tuple[list[str], list[str]]:
     """Training texts and held-out texts; a single document is split by characters."""
     data = ctx.cfg.pretrain.data
-    texts, held = ctx.load_data(STAGE, data)
-    if data.eval is None and len(texts) + len(held) == 1:
-        text = (texts or held)[0]
+    texts, held = ctx.load_data(STAGE)
+    if not held and len(texts) == 1:
+        text = texts[0]
         cut = int(len(text) * (1 - data.eval_fraction))
         return [text[:cut]], [text[cut:]]
     return texts, held
@@ -46,7 +46,9 @@ def run(ctx: StageContext) -> str:
     baseline = unigram_entropy(val_stream)
     logger.info(
         "pretrain: %d train / %d held-out tokens; held-out unigram entropy %.3f nats",
-        len(train_stream), len(val_stream), baseline,
+        len(train_stream),
+        len(val_stream),
+        baseline,
     )
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
 

@@ -20,9 +20,11 @@ def run(ctx: StageContext) -> str:
     if ctx.policy_path is None:
         from rlstack.errors import ConfigError
 
-        raise ConfigError("reward_model: needs a base model; run pretrain/sft first or set "
-                          "model.init to a checkpoint")
-    train, held = ctx.load_data(STAGE, c.data)
+        raise ConfigError(
+            "reward_model: needs a base model; run pretrain/sft first or set "
+            "model.init to a checkpoint"
+        )
+    train, held = ctx.load_data(STAGE)
     learner = ctx.learner(STAGE, "scalar", ctx.policy_path, c.optim, c.steps, c.batch_size)
     tokenizer = ctx.tokenizer()
     max_len = ctx.cfg.model.max_seq_len
@@ -36,9 +38,15 @@ def run(ctx: StageContext) -> str:
             for k in stats:
                 stats[k] += out[k]
         n = max(1.0, stats["pairs"])
-        ctx.log(STAGE, step, {"eval/loss": stats["loss_sum"] / n,
-                              "eval/pair_accuracy": stats["correct"] / n,
-                              "eval/pairs": int(stats["pairs"])})
+        ctx.log(
+            STAGE,
+            step,
+            {
+                "eval/loss": stats["loss_sum"] / n,
+                "eval/pair_accuracy": stats["correct"] / n,
+                "eval/pairs": int(stats["pairs"]),
+            },
+        )
 
     evaluate(0)
     for step in range(1, c.steps + 1):

@@ -68,12 +68,16 @@ class RLStage:
         self.c: RLConfig = getattr(ctx.cfg, stage)
         c = self.c
         if ctx.policy_path is None:
-            raise ConfigError(f"{stage}: needs a policy checkpoint; run pretrain/sft first or "
-                              "set model.init to a checkpoint")
+            raise ConfigError(
+                f"{stage}: needs a policy checkpoint; run pretrain/sft first or "
+                "set model.init to a checkpoint"
+            )
         if c.reward_source == "reward_model" and ctx.reward_model_path is None:
-            raise ConfigError(f"{stage}: reward_source is reward_model but no reward model was "
-                              "trained; add the reward_model stage before it")
-        self.train_rows, self.held_rows = ctx.load_data(stage, c.data)
+            raise ConfigError(
+                f"{stage}: reward_source is reward_model but no reward model was "
+                "trained; add the reward_model stage before it"
+            )
+        self.train_rows, self.held_rows = ctx.load_data(stage)
         self.tokenizer = ctx.tokenizer()
         self.max_prompt = ctx.cfg.model.max_seq_len - c.sampling.max_tokens
         self.sampler = PromptSampler(len(self.train_rows), ctx.cfg.seed)
@@ -86,25 +90,57 @@ class RLStage:
             self.verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
         # Every role starts loading at once; `.start()` below waits for all of them.
         rollout_cfg = vars(ctx.cfg.rollout).copy()
-        self.rollout = RolloutGroup(ctx.policy_path, rollout_cfg, ctx.cfg.model.max_seq_len,
-                                    ctx.cfg.seed, env_vars=ctx.env_vars)
-        self.policy = ctx.learner(f"{stage}/policy", "causal_lm", ctx.policy_path, c.optim,
-                                  updates, minibatch, start=False)
+        self.rollout = RolloutGroup(
+            ctx.policy_path,
+            rollout_cfg,
+            ctx.cfg.model.max_seq_len,
+            ctx.cfg.seed,
+            env_vars=ctx.env_vars,
+        )
+        self.policy = ctx.learner(
+            f"{stage}/policy",
+            "causal_lm",
+            ctx.policy_path,
+            c.optim,
+            updates,
+            minibatch,
+            start=False,
+        )
         self.ref = None
         if c.kl_coef > 0:
-            self.ref = ctx.learner(f"{stage}/reference", "causal_lm", ctx.policy_path, None,
-                                   1, self.samples_per_step, start=False)
+            self.ref = ctx.learner(
+                f"{stage}/reference",
+                "causal_lm",
+                ctx.policy_path,
+                None,
+                1,
+                self.samples_per_step,
+                start=False,
+            )
         self.reward_model = None
         if c.reward_source == "reward_model":
-            self.reward_model = ctx.learner(f"{stage}/reward_model", "scalar",
-                                            ctx.reward_model_path, None, 1, self.samples_per_step,
-                                            start=False)
+            self.reward_model = ctx.learner(
+                f"{stage}/reward_model",
+                "scalar",
+                ctx.reward_model_path,
+                None,
+                1,
+                self.samples_per_step,
+                start=False,
+            )
         self.critic = None
         if c.advantage == "gae":
             # The critic starts from the reward model when there is one (its head knows rewards).
             critic_init = ctx.reward_model_path or ctx.policy_path
-            self.critic = ctx.learner(f"{stage}/critic", "scalar", critic_init, c.critic_optim,
-                                      updates, minibatch, start=False)
+            self.critic = ctx.learner(
+                f"{stage}/critic",
+                "scalar",
+                critic_init,
+                c.critic_optim,
+                updates,
+                minibatch,
+                start=False,
+            )
         timeout = ctx.cfg.ray.start_timeout_s
         for part in (self.policy, self.ref, self.reward_model, self.critic, self.rollout):
             if part is not None:
@@ -124,26 +160,32 @@ class RLStage:
     # -------------------------------------------------------------- rollout
     def _start_rollout(self, step: int) -> tuple[list[int], list[list[int]], Any]:
         indices = self.sampler.take(self.c.prompts_per_step)
-        ids = [prompt_ids(self.tokenizer, self.train_rows[i]["prompt"], self.max_prompt)
-               for i in indices]
-        pending = self.rollout.generate_async(ids, self.c.samples_per_prompt, self.sampling,
-                                              seed=self.ctx.cfg.seed * 100003 + step)
+        ids = [
+            prompt_ids(self.tokenizer, self.train_rows[i]["prompt"], self.max_prompt)
+            for i in indices
+        ]
+        pending = self.rollout.generate_async(
+            ids, self.c.samples_per_prompt, self.sampling, seed=self.ctx.cfg.seed * 100003 + step
+        )
         return indices, ids, pending
 
-    def _score(self, rows: list[dict], samples: list[dict], batch: dict) -> tuple[torch.Tensor,
-                                                                                  dict]:
+    def _score(
+        self, rows: list[dict], samples: list[dict], batch: dict
+    ) -> tuple[torch.Tensor, dict]:
         if self.reward_model is not None:
             return self.reward_model.infer("scores", batch), {}
         items = []
         for s in samples:
             row = rows[s["prompt_index"]]
             extras = {k: v for k, v in row.items() if k not in ("prompt", "reference", "response")}
-            items.append({
-                "prompt": row["prompt"],
-                "response": self.tokenizer.decode(s["response_ids"], skip_special_tokens=True),
-                "reference": str(row.get("reference", "")),
-                "extras": extras,
-            })
+            items.append(
+                {
+                    "prompt": row["prompt"],
+                    "response": self.tokenizer.decode(s["response_ids"], skip_special_tokens=True),
+                    "reference": str(row.get("reference", "")),
+                    "extras": extras,
+                }
+            )
         scores, failures = self.verifier.score(items)
         return torch.tensor(scores, dtype=torch.float32), failures
 
@@ -175,8 +217,14 @@ class RLStage:
     # --------------------------------------------------------------- update
     def _update(self, batch: dict) -> dict[str, float]:
         c = self.c
-        keys = ["input_ids", "attention_mask", "mask", "advantages", "old_logprobs",
-                "rollout_logprobs"]
+        keys = [
+            "input_ids",
+            "attention_mask",
+            "mask",
+            "advantages",
+            "old_logprobs",
+            "rollout_logprobs",
+        ]
         if "ref_logprobs" in batch and not c.kl_in_reward:
             keys.append("ref_logprobs")
         critic_keys = ["input_ids", "attention_mask", "mask", "old_values", "returns"]
@@ -190,8 +238,9 @@ class RLStage:
             for mb in _split(shuffled, c.minibatches):
                 out = self.policy.train("policy_step", {k: mb[k] for k in keys}, self.algo)
                 if self.critic is not None:
-                    out.update(self.critic.train("value_step", {k: mb[k] for k in critic_keys},
-                                                 self.algo))
+                    out.update(
+                        self.critic.train("value_step", {k: mb[k] for k in critic_keys}, self.algo)
+                    )
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -264,18 +313,20 @@ class RLStage:
             if c.max_staleness == 0 and step < c.steps:
                 pending = self._start_rollout(step + 1)
 
-            stats.update({
-                "reward_mean": scores.mean().item(),
-                "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-                "response_length": mask.sum(-1).mean().item(),
-                "rollout_tokens_per_s": result["tokens"] / max(result["seconds"], 1e-6),
-                "policy_version_lag": self.rollout.version - 1 - result["version"],
-                "time/rollout_wait": t_gen,
-                "time/score": t_score,
-                "time/update": t_update,
-                "time/sync": t_sync,
-                "time/step": time.time() - t0,
-            })
+            stats.update(
+                {
+                    "reward_mean": scores.mean().item(),
+                    "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+                    "response_length": mask.sum(-1).mean().item(),
+                    "rollout_tokens_per_s": result["tokens"] / max(result["seconds"], 1e-6),
+                    "policy_version_lag": self.rollout.version - 1 - result["version"],
+                    "time/rollout_wait": t_gen,
+                    "time/score": t_score,
+                    "time/update": t_update,
+                    "time/sync": t_sync,
+                    "time/step": time.time() - t0,
+                }
+            )
             if failures:
                 stats.update({f"verifier_failures/{k}": v for k, v in failures.items()})
             self.ctx.log(self.stage, step, stats)
@@ -291,8 +342,14 @@ class RLStage:
         return path
 
     def shutdown(self) -> None:
-        for part in (self.rollout, self.policy, self.ref, self.reward_model, self.critic,
-                     self.verifier):
+        for part in (
+            self.rollout,
+            self.policy,
+            self.ref,
+            self.reward_model,
+            self.critic,
+            self.verifier,
+        ):
             if part is not None:
                 part.shutdown()
 

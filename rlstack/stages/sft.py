@@ -14,7 +14,7 @@ STAGE = "sft"
 
 def run(ctx: StageContext) -> str:
     c = ctx.cfg.sft
-    train, held = ctx.load_data(STAGE, c.data, fmt=_format(c.data.format))
+    train, held = ctx.load_data(STAGE)
     learner = ctx.learner(STAGE, "causal_lm", ctx.policy_path, c.optim, c.steps, c.batch_size)
     tokenizer = ctx.tokenizer()
     max_len = ctx.cfg.model.max_seq_len
@@ -46,9 +46,3 @@ def run(ctx: StageContext) -> str:
     learner.save(path)
     learner.shutdown()
     return path
-
-
-def _format(fmt: str) -> str:
-    # Rows with a prompt and a reference answer train as prompt -> response when the
-    # format also yields a response (gsm8k_calc does); the default format is prompt_response.
-    return "prompt_response" if fmt == "prompt_reference" else fmt

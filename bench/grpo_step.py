@@ -1,0 +1,137 @@
+"""GRPO step time on the workload TRL's GRPOTrainer was measured on (see docs/benchmarks.md).
+
+    python bench/grpo_step.py            # or: make bench-grpo
+
+Workload: a randomly initialised ~1M-parameter Qwen3-MoE, 8 prompts x 8 samples x 32 response
+tokens per step, on this machine's 2 cores. Each variant runs the real GRPO stage (`rlstack run`
+with `stages=[grpo]`: vLLM rollout actor, verifier actor, DeepSpeed learner actor, weight sync
+every step) for 30 steps; the step time is the wall time between consecutive step records in
+metrics.jsonl (so overlapped generation is counted once), median over steps 6-30.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "work" / "grpo_step"
+RESULTS = REPO / "bench" / "results" / "grpo_step.json"
+STEPS = 30
+
+MODEL = SimpleNamespace(
+    arch="qwen3_moe",
+    hidden_size=128,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    ffn_size=256,
+    expert_size=128,
+    num_experts=4,
+    experts_per_token=2,
+    max_seq_len=256,
+    rope_theta=10000.0,
+)
+
+COMMON = [
+    "stages=[grpo]",
+    f"grpo.steps={STEPS}",
+    "grpo.prompts_per_step=8",
+    "grpo.samples_per_prompt=8",
+    "grpo.sampling.max_tokens=32",
+    "grpo.sampling.min_tokens=32",
+    "grpo.eval_every=0",
+    "grpo.eval_prompts=8",
+    "ray.num_cpus=2",
+]
+
+VARIANTS = {
+    "overlap, no KL (threads 1+1)": [
+        "grpo.max_staleness=1",
+        "grpo.kl_coef=0",
+        "learner.threads=1",
+        "rollout.threads=1",
+    ],
+    "overlap, KL 0.04 (threads 1+1)": [
+        "grpo.max_staleness=1",
+        "grpo.kl_coef=0.04",
+        "learner.threads=1",
+        "rollout.threads=1",
+    ],
+    "sequential, no KL (threads 2+2)": [
+        "grpo.max_staleness=0",
+        "grpo.kl_coef=0",
+        "learner.threads=2",
+        "rollout.threads=2",
+    ],
+    "sequential, KL 0.04 (threads 2+2)": [
+        "grpo.max_staleness=0",
+        "grpo.kl_coef=0.04",
+        "learner.threads=2",
+        "rollout.threads=2",
+    ],
+}
+
+
+def make_model() -> Path:
+    from rlstack.model.build import count_parameters, new_causal_lm, save_model
+
+    path = WORK / "init"
+    model, tokenizer = new_causal_lm(MODEL, seed=0)
+    save_model(model, tokenizer, path)
+    print(f"model: {count_parameters(model) / 1e6:.2f}M parameters at {path}")
+    return path
+
+
+def step_times(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    stamps = [r["time"] for r in rows if r["stage"] == "grpo" and "policy_loss" in r]
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def main() -> int:
+    init = make_model()
+    results = {}
+    for name, extra in VARIANTS.items():
+        run_dir = WORK / name.split(" (")[0].replace(", ", "-").replace(" ", "_")
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlstack",
+            "run",
+            "--run-dir",
+            str(run_dir),
+            f"model.init={init}",
+            *COMMON,
+            *extra,
+        ]
+        t0 = time.time()
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        times = step_times(run_dir)[5:]
+        results[name] = {
+            "median_s_per_step": round(statistics.median(times), 3),
+            "mean_s_per_step": round(statistics.mean(times), 3),
+            "min_s_per_step": round(min(times), 3),
+            "max_s_per_step": round(max(times), 3),
+            "steps_timed": len(times),
+            "run_seconds": round(time.time() - t0, 1),
+            "overrides": extra,
+        }
+        print(f"{name}: {results[name]}")
+    out = {
+        "workload": "Qwen3-MoE ~1M params, 8 prompts x 8 samples x 32 tokens, 2 cores",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "results": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DeepSpeed learners: one Ray actor per rank, driven as a group."""

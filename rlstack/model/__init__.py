@@ -1,0 +1,1 @@
+"""The model: the character tokenizer and the HF architectures every stage trains."""

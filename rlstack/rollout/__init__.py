@@ -1,0 +1,1 @@
+"""vLLM rollout engines as Ray actors, with in-place weight updates."""

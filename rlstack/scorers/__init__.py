@@ -1,0 +1,1 @@
+"""Scorers that turn responses into rewards: verifiers (and the reward model, a frozen learner)."""

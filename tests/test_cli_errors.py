@@ -1,0 +1,90 @@
+"""Bad input gets one clear error line naming the place, exit status 2, and no traceback.
+
+Each case runs the real command line in a subprocess, as a user would; every check here fails
+before any Ray actor starts (config validation, then the data and plug-in preflight).
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rlstack(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rlstack", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("rlstack: error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in errors[0]
+    return errors[0]
+
+
+def test_unknown_key_in_config_file_is_named(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("stages: [pretrain]\npretrain:\n  steps: 3\n  batchsize: 4\n")
+    assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", "pretrain.batchsize")
+
+
+def test_unknown_and_mistyped_overrides_are_named(tmp_path):
+    result = rlstack("run", "pretrain.stepz=3", cwd=tmp_path)
+    assert_one_clear_error(result, "pretrain.stepz")
+    result = rlstack("run", "grpo.kl_coef=lots", cwd=tmp_path)
+    assert_one_clear_error(result, "grpo.kl_coef", "lots")
+
+
+def test_missing_data_file_is_named(tmp_path):
+    missing = tmp_path / "nowhere" / "train.jsonl"
+    result = rlstack("run", "stages=[sft]", f"sft.data.train={missing}", cwd=tmp_path)
+    assert_one_clear_error(result, "not found", str(missing))
+
+
+def test_malformed_jsonl_row_names_file_and_line(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        '{"prompt": "1+1", "response": "2"}\n'
+        '{"prompt": "2+2", "response": "4"}\n'
+        '{"prompt": "3+3", "response": 6\n'
+    )
+    result = rlstack("run", "stages=[sft]", f"sft.data.train={data}", cwd=tmp_path)
+    assert_one_clear_error(result, "pairs.jsonl:3")
+
+
+def test_verifier_that_does_not_import_is_named(tmp_path):
+    plugin = tmp_path / "my_verifier.py"
+    plugin.write_text("def score(prompt, response, reference)\n    return 1.0\n")
+    spec = f"{plugin}:score"
+    result = rlstack("run", "stages=[grpo]", f"grpo.verifier={spec}", cwd=tmp_path)
+    assert_one_clear_error(result, "my_verifier.py")
+
+
+@pytest.mark.parametrize("args", [["run", "--bogus-flag"], ["frobnicate"]])
+def test_bad_command_line_exits_nonzero_with_usage(args, tmp_path):
+    result = rlstack(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = rlstack("run", str(tmp_path / "absent.yaml"), cwd=tmp_path)
+    assert_one_clear_error(result, "absent.yaml")
+
+
+def test_smoke_config_is_the_embedded_default():
+    from rlstack.config import load_config
+
+    assert load_config(str(REPO / "configs" / "smoke.yaml")) == load_config(None)
