@@ -1,10 +1,10 @@
 """The character-level tokenizer shared by every stage.
 
 One token per character of printable ASCII plus newline and tab, and a few special tokens for
-the chat format. Text is normalised first (accents stripped, full-width forms and ligatures mapped to ASCII),
-common typographic characters are mapped to their ASCII look-alikes (curly quotes, dashes), and
-any character still outside the vocabulary becomes `<unk>`: decoding never reproduces an unseen
-character, and encoding never fails.
+the chat format. Text is normalised first (accents stripped, full-width forms and ligatures
+mapped to ASCII, curly quotes and dashes mapped to their ASCII look-alikes), and any character
+still outside the vocabulary becomes `<unk>`: decoding never reproduces an unseen character, and
+encoding never fails.
 
 The tokenizer is built with `tokenizers` and saved as an HF fast tokenizer with a chat template,
 so transformers and vLLM load it from any checkpoint directory.
