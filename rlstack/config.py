@@ -19,7 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlstack.errors import ConfigError
 
-STAGES = ("pretrain", "sft", "reward_model", "ppo", "grpo")
+STAGES = ("pretrain", "sft", "reward_model", "dpo", "ppo", "grpo")
+DEFAULT_STAGES = ["pretrain", "sft", "reward_model", "ppo", "grpo"]
+ADVANTAGES = ("gae", "group", "rloo", "reinforce_pp")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
@@ -94,6 +97,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     max_num_seqs: int = 256
     dtype: str = "float32"
+    sync_timeout_s: float = 300.0  # a weight update not applied by then stops the run
 
 
 @dataclass
@@ -143,15 +147,32 @@ class RewardModelConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Direct preference optimisation of the policy against a frozen reference copy."""
+
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(train="synthetic:preferences", format="pairs")
+    )
+    steps: int = 100
+    batch_size: int = 16  # pairs per step
+    beta: float = 0.1  # strength of the implicit KL to the reference
+    eval_every: int = 50
+    eval_batches: int = 4
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=5))
+
+
+@dataclass
 class RLConfig:
     """An on-policy RL stage (PPO or GRPO): one loop, the algorithm chosen by its keys."""
 
     data: DataConfig = field(default_factory=DataConfig)
     steps: int = 20
     prompts_per_step: int = 8
-    samples_per_prompt: int = 1  # GRPO group size; PPO usually 1
-    advantage: str = "gae"  # gae | group
-    normalize_group_std: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO)
+    samples_per_prompt: int = 1  # group size (GRPO, RLOO, REINFORCE++-baseline); PPO usually 1
+    advantage: str = "gae"  # gae (critic) | group (GRPO) | rloo | reinforce_pp
+    normalize_group_std: bool = True  # group: divide by the group's std (False: Dr. GRPO)
+    reinforce_baseline: bool = False  # reinforce_pp: subtract the group's mean score
+    whiten_advantages: bool | None = None  # None: on for gae/reinforce_pp, off for group/rloo
     gamma: float = 1.0
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
@@ -160,9 +181,17 @@ class RLConfig:
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = True  # True: per-token reward penalty; False: loss term
+    kl_target: float | None = None  # adaptive coefficient steering the KL (nats per sample)
+    kl_horizon: int = 10000  # samples over which the adaptive controller corrects by 20%
     clip_low: float = 0.2
     clip_high: float = 0.2
+    dual_clip: float | None = None  # bound (> 1) on the loss of negative-advantage tokens
+    entropy_coef: float = 0.0  # entropy bonus weight
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    loss_norm_const: float | None = None  # seq_mean_token_sum_norm divisor (None: max_tokens)
     is_cap: float = 2.0  # cap of the importance weight rollout -> learner (stale / mismatch)
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and refill
+    max_sampling_tries: int = 3  # rollouts per step at most when refilling
     epochs: int = 1  # passes over each batch
     minibatches: int = 1  # optimizer steps per pass
     value_clip: float = 0.2
@@ -208,7 +237,8 @@ class RayConfig:
 class Config:
     """A whole run: the stage list and one section per stage."""
 
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # any order of
+    # pretrain, sft, reward_model, dpo, ppo, grpo; each policy stage starts from the last one
     seed: int = 0
     run_dir: str | None = None  # None: a new directory under runs/
     data_root: str = "."  # base directory that configs interpolate as ${data_root}
@@ -219,6 +249,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     ppo: RLConfig = field(default_factory=_ppo_defaults)
     grpo: RLConfig = field(default_factory=_grpo_defaults)
 
@@ -281,16 +312,30 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"learner.zero_stage: {cfg.learner.zero_stage} is not 0, 1, 2 or 3")
     for name in ("ppo", "grpo"):
         rl: RLConfig = getattr(cfg, name)
-        if rl.advantage not in ("gae", "group"):
-            raise ConfigError(f"{name}.advantage: {rl.advantage!r} is not 'gae' or 'group'")
+        if rl.advantage not in ADVANTAGES:
+            raise ConfigError(
+                f"{name}.advantage: {rl.advantage!r} is not one of {', '.join(ADVANTAGES)}"
+            )
+        if rl.loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(
+                f"{name}.loss_agg: {rl.loss_agg!r} is not one of {', '.join(LOSS_AGGREGATIONS)}"
+            )
+        if rl.dual_clip is not None and rl.dual_clip <= 1:
+            raise ConfigError(f"{name}.dual_clip: must be greater than 1")
+        grouped = rl.advantage in ("group", "rloo") or (
+            rl.advantage == "reinforce_pp" and rl.reinforce_baseline
+        )
+        if (grouped or rl.dynamic_sampling) and rl.samples_per_prompt < 2:
+            raise ConfigError(
+                f"{name}.samples_per_prompt: {rl.advantage} advantages (and dynamic sampling) "
+                "need groups of at least 2 samples"
+            )
         if rl.reward_source not in ("reward_model", "verifier"):
             raise ConfigError(f"{name}.reward_source: {rl.reward_source!r} is unknown")
         if rl.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"{name}.kl_estimator: {rl.kl_estimator!r} is not k1, k2 or k3")
         if rl.max_staleness not in (0, 1):
             raise ConfigError(f"{name}.max_staleness: only 0 and 1 are supported")
-        if rl.advantage == "group" and rl.samples_per_prompt < 2:
-            raise ConfigError(f"{name}.samples_per_prompt: group advantages need at least 2")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -1,6 +1,7 @@
 """The driver: runs the configured stages in order, each stage's checkpoint feeding the next.
 
-    pretrain -> sft -> reward_model -> ppo -> grpo
+    pretrain -> sft -> reward_model -> ppo -> grpo     (the default list; `dpo` may replace
+                                                       or precede ppo)
 
 The policy checkpoint passes from stage to stage (pretrain, sft, ppo and grpo each write one);
 the reward model checkpoint feeds PPO's reward scorer and critic. The run directory holds the
@@ -18,7 +19,7 @@ from pathlib import Path
 from rlstack.config import Config, to_yaml
 from rlstack.metrics import MetricsWriter
 from rlstack.runtime import init_ray
-from rlstack.stages import pretrain, reward_model, rl, sft
+from rlstack.stages import dpo, pretrain, reward_model, rl, sft
 from rlstack.stages.context import StageContext
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def _run_stages(cfg: Config, run_dir: Path) -> Path:
                 ctx.policy_path = sft.run(ctx)
             elif stage == "reward_model":
                 ctx.reward_model_path = reward_model.run(ctx)
+            elif stage == "dpo":
+                ctx.policy_path = dpo.run(ctx)
             else:
                 ctx.policy_path = rl.run(ctx, stage, start_label=policy_label)
             if stage != "reward_model":

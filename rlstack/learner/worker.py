@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from rlstack.algorithms import (
     aggregate,
     bradley_terry_loss,
+    dpo_loss,
     entropy_from_logits,
     kl_estimate,
     logprobs_from_logits,
@@ -283,6 +284,41 @@ class LearnerWorker:
             "pairs": float(chosen.shape[0]),
         }
 
+    # -------------------------------------------------------------------- DPO
+    def _response_logps(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+        """Summed logprob of each `side` response (and end token), `[batch]`."""
+        ids = batch[f"{side}_ids"]
+        logits = self._logits(ids, batch[f"{side}_attention_mask"])
+        logp = logprobs_from_logits(logits, ids[:, 1:])
+        return (logp * batch[f"{side}_loss_mask"][:, 1:]).sum(-1)
+
+    @torch.no_grad()
+    def pair_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[batch, 2]`: summed logprobs of the chosen and the rejected response."""
+        self.module.eval()
+        return torch.stack(
+            [self._response_logps(batch, "chosen"), self._response_logps(batch, "rejected")], -1
+        )
+
+    def dpo_step(self, batch: dict[str, torch.Tensor], beta: float) -> dict[str, float]:
+        """One optimizer step of the DPO loss; batch holds `ref_logps` `[batch, 2]`."""
+        self.module.train()
+        n = batch["chosen_ids"].shape[0]
+        sums: dict[str, float] = {}
+        for micro in _split(batch, self.spec.grad_accum):
+            chosen = self._response_logps(micro, "chosen")
+            rejected = self._response_logps(micro, "rejected")
+            ref = micro["ref_logps"]
+            loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta)
+            weight = chosen.shape[0] / n
+            self._backward(loss * weight * self.spec.grad_accum)
+            metrics["loss"] = loss.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+        self.steps += 1
+        sums["lr"] = self._lr()
+        return sums
+
     # ----------------------------------------------------------- RL forward
     @torch.no_grad()
     def logprobs(self, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
@@ -309,10 +345,14 @@ class LearnerWorker:
         """One optimizer step of the clipped policy loss on a minibatch.
 
         `batch` holds input_ids, attention_mask, mask, advantages, old_logprobs and
-        rollout_logprobs `[batch, L-1]`, and ref_logprobs when the KL is a loss term.
+        rollout_logprobs `[batch, L-1]`, and ref_logprobs when the KL is a loss term. `algo`
+        holds the loss settings (clip ranges, dual clip, aggregation, entropy and KL weights).
         """
         self.module.train()
-        total = batch["mask"].sum().clamp(min=1)
+        # Micro-batches are weighted so their sum equals the loss over the whole minibatch:
+        # by tokens for a token mean, by sequences for the per-sequence aggregations.
+        by_tokens = algo["loss_agg"] == "token_mean"
+        total = batch["mask"].sum() if by_tokens else torch.tensor(float(len(batch["mask"])))
         sums: dict[str, float] = {}
         for micro in _split(batch, self.spec.grad_accum):
             logits = self._logits(micro["input_ids"], micro["attention_mask"])
@@ -326,21 +366,29 @@ class LearnerWorker:
                 mask,
                 clip_low=algo["clip_low"],
                 clip_high=algo["clip_high"],
+                dual_clip=algo["dual_clip"],
                 behaviour_logprobs=micro["rollout_logprobs"],
                 is_cap=algo["is_cap"],
+                agg=algo["loss_agg"],
+                norm_const=algo["norm_const"],
             )
-            with torch.no_grad():
-                metrics["entropy"] = masked_mean(entropy_from_logits(logits), mask).item()
+            metrics["policy_loss"] = loss.item()
+            entropy = entropy_from_logits(logits)
+            metrics["entropy"] = masked_mean(entropy.detach(), mask).item()
+            if algo["entropy_coef"]:
+                loss = loss - algo["entropy_coef"] * aggregate(
+                    entropy, mask, algo["loss_agg"], algo["norm_const"]
+                )
             if "ref_logprobs" in micro and algo["kl_coef"] > 0 and not algo["kl_in_reward"]:
                 kl = kl_estimate(logp, micro["ref_logprobs"], algo["kl_estimator"])
-                kl_loss = aggregate(kl, mask, "token_mean")
+                kl_loss = aggregate(kl, mask, algo["loss_agg"], algo["norm_const"])
                 loss = loss + algo["kl_coef"] * kl_loss
                 metrics["kl_loss"] = kl_loss.item()
-            weight = mask.sum() / total
+            part = mask.sum() if by_tokens else torch.tensor(float(len(mask)))
+            weight = (part / total.clamp(min=1)).item()
             self._backward(loss * weight * self.spec.grad_accum)
-            metrics["policy_loss"] = loss.item()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * weight.item()
+                sums[k] = sums.get(k, 0.0) + v * weight
         self.steps += 1
         sums["lr"] = self._lr()
         return sums

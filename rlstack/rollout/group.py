@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from rlstack.errors import RLStackError
 from rlstack.learner.group import wait_started
 from rlstack.rollout.engine import RolloutEngine
 
@@ -38,6 +39,7 @@ class RolloutGroup:
         ]
         self.request = f"{cfg['cpus_per_engine']} CPU and {cfg['gpus_per_engine']} GPU per engine"
         self.version = 0
+        self.sync_timeout_s = cfg.get("sync_timeout_s", 300.0)
         self._started = False
 
     def start(self, timeout_s: float = 600.0) -> RolloutGroup:
@@ -83,8 +85,18 @@ class RolloutGroup:
         self.version += 1
         refs = [e.update_weights.remote(blob_ref, self.version) for e in self.engines]
         if wait:
-            ray.get(refs)
+            self.wait(refs)
         return refs
+
+    def wait(self, refs: list[ray.ObjectRef]) -> None:
+        """Wait for weight updates; an engine that does not answer in time is an error."""
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self.sync_timeout_s)
+        if pending:
+            raise RLStackError(
+                f"rollout: {len(pending)} engine(s) did not finish a weight update within "
+                f"{self.sync_timeout_s:.0f}s (rollout.sync_timeout_s)"
+            )
+        ray.get(done)
 
     def shutdown(self) -> None:
         for e in self.engines:

@@ -87,15 +87,20 @@ def sft_batch(tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_len: int
 
 # ------------------------------------------------------------- reward model
 def pair_batch(tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_len: int):
+    """Chosen and rejected sequences of each pair: `<side>_ids`, `<side>_attention_mask` and
+    `<side>_loss_mask` (1 on response and end tokens) for side in chosen, rejected."""
     batch = {}
     for side in ("chosen", "rejected"):
-        seqs = []
+        seqs, masks = [], []
         for row in rows:
             p = prompt_ids(tokenizer, row["prompt"], max_len // 2)
             r = encode(tokenizer, row[side]) + [tokenizer.eos_token_id]
-            seqs.append((p + r)[:max_len])
+            seq = (p + r)[:max_len]
+            seqs.append(seq)
+            masks.append([0] * len(p) + [1] * (len(seq) - len(p)))
         ids, attn = pad(seqs, tokenizer.pad_token_id)
         batch[f"{side}_ids"], batch[f"{side}_attention_mask"] = ids, attn
+        batch[f"{side}_loss_mask"], _ = pad(masks, 0)
     return batch
 
 

@@ -1,10 +1,12 @@
-"""The on-policy RL loop shared by PPO and GRPO.
+"""The on-policy RL loop shared by PPO, GRPO, Dr. GRPO, RLOO and REINFORCE++.
 
 One step: take the rollout generated for this step, score it (reward model or verifier), compute
-reference and old logprobs (and critic values for GAE), compute advantages, update the policy
-(and critic) in minibatches, and send the new weights to the running vLLM engines.
+old and reference logprobs (and critic values for GAE), estimate advantages with the configured
+estimator, update the policy (and critic) in minibatches, and send the new weights to the
+running vLLM engines. Algorithms differ only in config keys (`advantage`, clip ranges, KL
+placement, loss aggregation), which select pure functions in `rlstack.algorithms`.
 
-With `max_staleness: 1` the rollout for step t+1 is started *before* the update of step t, so
+With `max_staleness: 1` the rollout for step t+1 starts *before* the update of step t, so
 generation overlaps training; those samples come from weights one update old, and the policy
 loss corrects for it with a truncated importance weight between the learner's logprobs and the
 engine's (`is_cap`). With `max_staleness: 0` every rollout uses the latest weights.
@@ -15,26 +17,19 @@ from __future__ import annotations
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from rlstack.algorithms import (
-    expand_to_tokens,
-    gae,
-    group_advantages,
-    kl_estimate,
-    masked_mean,
-    token_rewards,
-    whiten,
-)
+from rlstack.algorithms import AdaptiveKLController, FixedKLController, kl_estimate, masked_mean
+from rlstack.algorithms.estimators import AdvantageSpec, estimate_advantages
 from rlstack.config import RLConfig
-from rlstack.errors import ConfigError
 from rlstack.learner.worker import _split
 from rlstack.rollout.group import RolloutGroup
-from rlstack.scorers.verifier import VerifierScorer
 from rlstack.stages.batches import prompt_ids, rollout_batch
 from rlstack.stages.context import StageContext
+from rlstack.stages.rl_roles import start_roles
 
 logger = logging.getLogger(__name__)
 
@@ -62,95 +57,86 @@ class PromptSampler:
         return out
 
 
+@dataclass
+class Rollout:
+    """Scored samples of one or more rollouts; samples of a prompt are adjacent."""
+
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)  # "prompt_index" indexes prompt_ids
+    scores: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    seconds: float = 0.0
+    version: int = 0
+
+    def extend(self, other: Rollout) -> None:
+        offset = len(self.prompt_ids)
+        self.prompt_ids += other.prompt_ids
+        self.rows += other.rows
+        self.samples += [dict(s, prompt_index=s["prompt_index"] + offset) for s in other.samples]
+        self.scores += other.scores
+        for kind, n in other.failures.items():
+            self.failures[kind] = self.failures.get(kind, 0) + n
+        self.tokens += other.tokens
+        self.seconds += other.seconds
+        self.version = min(self.version, other.version)
+
+    def groups(self, size: int) -> list[list[int]]:
+        return [list(range(i, i + size)) for i in range(0, len(self.samples), size)]
+
+    def select(self, group_indices: list[list[int]]) -> Rollout:
+        """A rollout of the given sample groups, each group's prompt kept once."""
+        out = Rollout(
+            failures=dict(self.failures),
+            tokens=self.tokens,
+            seconds=self.seconds,
+            version=self.version,
+        )
+        for group in group_indices:
+            prompt = self.samples[group[0]]["prompt_index"]
+            out.prompt_ids.append(self.prompt_ids[prompt])
+            out.rows.append(self.rows[prompt])
+            for i in group:
+                out.samples.append(dict(self.samples[i], prompt_index=len(out.prompt_ids) - 1))
+                out.scores.append(self.scores[i])
+        return out
+
+
 class RLStage:
     def __init__(self, ctx: StageContext, stage: str) -> None:
         self.ctx, self.stage = ctx, stage
         self.c: RLConfig = getattr(ctx.cfg, stage)
         c = self.c
-        if ctx.policy_path is None:
-            raise ConfigError(
-                f"{stage}: needs a policy checkpoint; run pretrain/sft first or "
-                "set model.init to a checkpoint"
-            )
-        if c.reward_source == "reward_model" and ctx.reward_model_path is None:
-            raise ConfigError(
-                f"{stage}: reward_source is reward_model but no reward model was "
-                "trained; add the reward_model stage before it"
-            )
         self.train_rows, self.held_rows = ctx.load_data(stage)
         self.tokenizer = ctx.tokenizer()
         self.max_prompt = ctx.cfg.model.max_seq_len - c.sampling.max_tokens
         self.sampler = PromptSampler(len(self.train_rows), ctx.cfg.seed)
-        self.samples_per_step = c.prompts_per_step * c.samples_per_prompt
-        updates = c.steps * c.epochs * c.minibatches
-        minibatch = self.samples_per_step // c.minibatches
-
-        self.verifier = None
-        if c.reward_source == "verifier":
-            self.verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
-        # Every role starts loading at once; `.start()` below waits for all of them.
-        rollout_cfg = vars(ctx.cfg.rollout).copy()
-        self.rollout = RolloutGroup(
-            ctx.policy_path,
-            rollout_cfg,
-            ctx.cfg.model.max_seq_len,
-            ctx.cfg.seed,
-            env_vars=ctx.env_vars,
-        )
-        self.policy = ctx.learner(
-            f"{stage}/policy",
-            "causal_lm",
-            ctx.policy_path,
-            c.optim,
-            updates,
-            minibatch,
-            start=False,
-        )
-        self.ref = None
-        if c.kl_coef > 0:
-            self.ref = ctx.learner(
-                f"{stage}/reference",
-                "causal_lm",
-                ctx.policy_path,
-                None,
-                1,
-                self.samples_per_step,
-                start=False,
-            )
-        self.reward_model = None
-        if c.reward_source == "reward_model":
-            self.reward_model = ctx.learner(
-                f"{stage}/reward_model",
-                "scalar",
-                ctx.reward_model_path,
-                None,
-                1,
-                self.samples_per_step,
-                start=False,
-            )
-        self.critic = None
-        if c.advantage == "gae":
-            # The critic starts from the reward model when there is one (its head knows rewards).
-            critic_init = ctx.reward_model_path or ctx.policy_path
-            self.critic = ctx.learner(
-                f"{stage}/critic",
-                "scalar",
-                critic_init,
-                c.critic_optim,
-                updates,
-                minibatch,
-                start=False,
-            )
-        timeout = ctx.cfg.ray.start_timeout_s
-        for part in (self.policy, self.ref, self.reward_model, self.critic, self.rollout):
-            if part is not None:
-                part.start(timeout)
+        self.roles = start_roles(ctx, stage, c)
         self.sampling = vars(c.sampling).copy()
+        self.adv_spec = AdvantageSpec(
+            name=c.advantage,
+            group_size=c.samples_per_prompt,
+            normalize_std=c.normalize_group_std,
+            baseline=c.reinforce_baseline,
+            whiten=c.whiten_advantages,
+            gamma=c.gamma,
+            lam=c.lam,
+        )
+        self.kl_ctl = (
+            AdaptiveKLController(c.kl_coef, c.kl_target, c.kl_horizon)
+            if c.kl_target
+            else FixedKLController(c.kl_coef)
+        )
         self.algo = {
             "temperature": max(c.sampling.temperature, 1e-6),
             "clip_low": c.clip_low,
             "clip_high": c.clip_high,
+            "dual_clip": c.dual_clip,
             "is_cap": c.is_cap,
+            "entropy_coef": c.entropy_coef,
+            "loss_agg": c.loss_agg,
+            "norm_const": c.loss_norm_const or float(c.sampling.max_tokens),
             "kl_coef": c.kl_coef,
             "kl_estimator": c.kl_estimator,
             "kl_in_reward": c.kl_in_reward,
@@ -164,19 +150,33 @@ class RLStage:
             prompt_ids(self.tokenizer, self.train_rows[i]["prompt"], self.max_prompt)
             for i in indices
         ]
-        pending = self.rollout.generate_async(
+        handles = self.roles.rollout.generate_async(
             ids, self.c.samples_per_prompt, self.sampling, seed=self.ctx.cfg.seed * 100003 + step
         )
-        return indices, ids, pending
+        return indices, ids, handles
 
-    def _score(
-        self, rows: list[dict], samples: list[dict], batch: dict
-    ) -> tuple[torch.Tensor, dict]:
-        if self.reward_model is not None:
-            return self.reward_model.infer("scores", batch), {}
+    def _finish_rollout(self, pending) -> Rollout:
+        indices, ids, handles = pending
+        result = RolloutGroup.collect(handles)
+        rollout = Rollout(
+            prompt_ids=ids,
+            rows=[self.train_rows[i] for i in indices],
+            samples=result["samples"],
+            tokens=result["tokens"],
+            seconds=result["seconds"],
+            version=result["version"],
+        )
+        scores, rollout.failures = self._score(rollout)
+        rollout.scores = scores.tolist()
+        return rollout
+
+    def _score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, int]]:
+        if self.roles.reward_model is not None:
+            batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
+            return self.roles.reward_model.infer("scores", batch), {}
         items = []
-        for s in samples:
-            row = rows[s["prompt_index"]]
+        for s in rollout.samples:
+            row = rollout.rows[s["prompt_index"]]
             extras = {k: v for k, v in row.items() if k not in ("prompt", "reference", "response")}
             items.append(
                 {
@@ -186,36 +186,86 @@ class RLStage:
                     "extras": extras,
                 }
             )
-        scores, failures = self.verifier.score(items)
+        scores, failures = self.roles.verifier.score(items)
         return torch.tensor(scores, dtype=torch.float32), failures
 
-    # ----------------------------------------------------------- advantages
-    def _advantages(self, batch: dict, scores: torch.Tensor, kl: torch.Tensor | None):
-        c, mask = self.c, batch["mask"]
-        stats: dict[str, float] = {}
-        if c.advantage == "gae":
-            values = self.critic.infer("values", batch)
-            kl_pen = kl if (kl is not None and c.kl_in_reward) else None
-            rewards = token_rewards(scores, mask, kl_pen, c.kl_coef)
-            advantages, returns = gae(rewards, values, mask, c.gamma, c.lam)
-            advantages = whiten(advantages, mask)
-            batch["old_values"], batch["returns"] = values, returns
+    def _refill(self, rollout: Rollout, step: int) -> tuple[Rollout, dict[str, float]]:
+        """Dynamic sampling: keep groups whose rewards differ; sample more prompts if short."""
+        n, target = self.c.samples_per_prompt, self.c.prompts_per_step
+        pool, tries = rollout, 1
+
+        def informative(r: Rollout) -> list[list[int]]:
+            return [g for g in r.groups(n) if len({r.scores[i] for i in g}) > 1]
+
+        kept = informative(pool)
+        while len(kept) < target and tries < self.c.max_sampling_tries:
+            extra = self._finish_rollout(self._start_rollout(10**6 * tries + step))
+            pool.extend(extra)
+            tries += 1
+            kept = informative(pool)
+        stats = {"dynamic_sampling/tries": tries, "dynamic_sampling/kept_groups": len(kept)}
+        if not kept:
+            return rollout, stats  # nothing informative: every advantage is zero anyway
+        return pool.select(kept[:target]), stats
+
+    # ----------------------------------------------------------- experience
+    def _experience(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        c, roles = self.c, self.roles
+        batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
+        mask = batch["mask"]
+        scores = torch.tensor(rollout.scores, dtype=torch.float32)
+        temperature = self.algo["temperature"]
+        batch["old_logprobs"] = roles.policy.infer("logprobs", batch, temperature)
+        stats: dict[str, Any] = {}
+
+        kl_penalty = None
+        if roles.reference is not None:
+            batch["ref_logprobs"] = roles.reference.infer("logprobs", batch, temperature)
+            kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], c.kl_estimator) * mask
+            k3 = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], "k3") * mask
+            stats["kl"] = kl.sum(-1).mean().item()
+            stats["kl_k3"] = k3.sum(-1).mean().item()
+            stats["kl_coef"] = self.kl_ctl.value
+            if c.kl_in_reward:
+                kl_penalty = self.kl_ctl.value * kl
+            self.kl_ctl.update(stats["kl"], len(scores))
+            self.algo["kl_coef"] = self.kl_ctl.value
+
+        values = None
+        if roles.critic is not None:
+            values = roles.critic.infer("values", batch)
             stats["value_mean"] = masked_mean(values, mask).item()
-        else:
-            effective = scores
-            if kl is not None and c.kl_in_reward:
-                effective = scores - c.kl_coef * (kl * mask).sum(-1)
-            adv = group_advantages(effective, c.samples_per_prompt, c.normalize_group_std)
-            groups = scores.view(-1, c.samples_per_prompt)
-            stats["zero_variance_groups"] = (groups.std(-1) == 0).float().mean().item()
-            advantages = expand_to_tokens(adv, mask)
+        advantages, returns = estimate_advantages(self.adv_spec, scores, mask, kl_penalty, values)
         batch["advantages"] = advantages
-        stats["advantage_mean"] = masked_mean(advantages, mask).item()
-        stats["advantage_std"] = masked_mean(advantages**2, mask).sqrt().item()
-        return stats
+        if returns is not None:
+            batch["old_values"], batch["returns"] = values, returns
+
+        n = c.samples_per_prompt
+        if n > 1:
+            groups = scores.view(-1, n)
+            stats["zero_variance_groups"] = (
+                (groups.max(-1).values == groups.min(-1).values).float().mean().item()
+            )
+        diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
+        stats.update(
+            {
+                "reward_mean": scores.mean().item(),
+                "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
+                "advantage_mean": masked_mean(advantages, mask).item(),
+                "advantage_std": masked_mean(
+                    (advantages - masked_mean(advantages, mask)) ** 2, mask
+                )
+                .sqrt()
+                .item(),
+                "response_length": mask.sum(-1).mean().item(),
+                "logprob_diff_mean": (diff.sum() / mask.sum().clamp(min=1)).item(),
+                "logprob_diff_max": diff.max().item(),
+            }
+        )
+        return batch, stats
 
     # --------------------------------------------------------------- update
-    def _update(self, batch: dict) -> dict[str, float]:
+    def _update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         c = self.c
         keys = [
             "input_ids",
@@ -234,12 +284,14 @@ class RLStage:
         n = batch["input_ids"].shape[0]
         for _ in range(c.epochs):
             perm = torch.randperm(n, generator=gen)
-            shuffled = {k: v[perm] for k, v in batch.items() if k in set(keys + critic_keys)}
+            shuffled = {k: v[perm] for k, v in batch.items()}
             for mb in _split(shuffled, c.minibatches):
-                out = self.policy.train("policy_step", {k: mb[k] for k in keys}, self.algo)
-                if self.critic is not None:
+                out = self.roles.policy.train("policy_step", {k: mb[k] for k in keys}, self.algo)
+                if self.roles.critic is not None:
                     out.update(
-                        self.critic.train("value_step", {k: mb[k] for k in critic_keys}, self.algo)
+                        self.roles.critic.train(
+                            "value_step", {k: mb[k] for k in critic_keys}, self.algo
+                        )
                     )
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -248,110 +300,79 @@ class RLStage:
 
     # ----------------------------------------------------------------- eval
     def evaluate(self, step: int, label: str | None = None) -> None:
+        """Greedy responses to held-out prompts, scored like training samples."""
         rows = self.held_rows[: self.c.eval_prompts]
         if not rows:
             return
         ids = [prompt_ids(self.tokenizer, r["prompt"], self.max_prompt) for r in rows]
         sampling = dict(self.sampling, temperature=self.c.sampling.eval_temperature)
-        result = self.rollout.generate(ids, 1, sampling, seed=0)
-        samples = result["samples"]
-        batch = rollout_batch(ids, samples, self.tokenizer.pad_token_id)
-        scores, failures = self._score(rows, samples, batch)
-        values: dict[str, Any] = {"eval/reward_mean": scores.mean().item()}
-        if self.verifier is not None:
+        result = self.roles.rollout.generate(ids, 1, sampling, seed=0)
+        rollout = Rollout(prompt_ids=ids, rows=rows, samples=result["samples"])
+        scores, failures = self._score(rollout)
+        lengths = [len(s["response_ids"]) for s in rollout.samples]
+        values: dict[str, Any] = {
+            "eval/reward_mean": scores.mean().item(),
+            "eval/response_length": sum(lengths) / len(lengths),
+            "eval/prompts": len(rows),
+        }
+        if self.roles.verifier is not None:
             values["eval/pass_rate"] = (scores >= 1.0).float().mean().item()
             values["eval/failures"] = sum(failures.values())
-        values["eval/response_length"] = batch["mask"].sum(-1).mean().item()
-        values["eval/prompts"] = len(rows)
         if label:
             values["eval/checkpoint"] = label
         self.ctx.log(self.stage, step, values)
 
     # ----------------------------------------------------------------- loop
     def run(self, start_label: str | None) -> str:
-        c = self.c
+        c, rollout_group = self.c, self.roles.rollout
         self.evaluate(0, start_label)
         pending = self._start_rollout(1)
+        sync_refs: list = []
         for step in range(1, c.steps + 1):
             t0 = time.time()
-            indices, ids, handles = pending
-            result = RolloutGroup.collect(handles)
-            t_gen = time.time() - t0
+            rollout = self._finish_rollout(pending)
+            t_rollout = time.time() - t0
             if c.max_staleness >= 1 and step < c.steps:
                 pending = self._start_rollout(step + 1)  # overlaps with this step's update
-            rows = [self.train_rows[i] for i in indices]
-            samples = result["samples"]
-            batch = rollout_batch(ids, samples, self.tokenizer.pad_token_id)
-            mask = batch["mask"]
+            stats: dict[str, Any] = {}
+            if c.dynamic_sampling:
+                rollout, refill = self._refill(rollout, step)
+                stats.update(refill)
 
             t1 = time.time()
-            scores, failures = self._score(rows, samples, batch)
-            t_score = time.time() - t1
-            batch["old_logprobs"] = self.policy.infer("logprobs", batch, self.algo["temperature"])
-            kl = None
-            stats: dict[str, Any] = {}
-            if self.ref is not None:
-                batch["ref_logprobs"] = self.ref.infer("logprobs", batch, self.algo["temperature"])
-                kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], c.kl_estimator)
-                kl = kl * mask
-                k3 = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], "k3") * mask
-                stats["kl"] = (kl.sum(-1)).mean().item()
-                stats["kl_k3"] = (k3.sum(-1)).mean().item()
-            stats.update(self._advantages(batch, scores, kl))
-            diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
-            stats["logprob_diff_mean"] = (diff.sum() / mask.sum().clamp(min=1)).item()
-            stats["logprob_diff_max"] = diff.max().item()
+            batch, experience = self._experience(rollout)
+            stats.update(experience)
+            stats.update(self._update(batch))
+            t_update = time.time() - t1
 
             t2 = time.time()
-            stats.update(self._update(batch))
-            t_update = time.time() - t2
-
-            t3 = time.time()
-            blob = self.policy.weights_blob_ref()
-            sync_refs = self.rollout.update_weights(blob, wait=c.max_staleness == 0)
-            t_sync = time.time() - t3
+            sync_refs = rollout_group.update_weights(
+                self.roles.policy.weights_blob_ref(), wait=c.max_staleness == 0
+            )
+            t_sync = time.time() - t2
             if c.max_staleness == 0 and step < c.steps:
                 pending = self._start_rollout(step + 1)
 
             stats.update(
                 {
-                    "reward_mean": scores.mean().item(),
-                    "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-                    "response_length": mask.sum(-1).mean().item(),
-                    "rollout_tokens_per_s": result["tokens"] / max(result["seconds"], 1e-6),
-                    "policy_version_lag": self.rollout.version - 1 - result["version"],
-                    "time/rollout_wait": t_gen,
-                    "time/score": t_score,
-                    "time/update": t_update,
+                    "rollout_tokens_per_s": rollout.tokens / max(rollout.seconds, 1e-6),
+                    "policy_version_lag": rollout_group.version - 1 - rollout.version,
+                    "time/rollout_and_score": t_rollout,
+                    "time/experience_and_update": t_update,
                     "time/sync": t_sync,
                     "time/step": time.time() - t0,
                 }
             )
-            if failures:
-                stats.update({f"verifier_failures/{k}": v for k, v in failures.items()})
+            stats.update({f"verifier_failures/{k}": v for k, v in rollout.failures.items()})
             self.ctx.log(self.stage, step, stats)
             if (c.eval_every and step % c.eval_every == 0) or step == c.steps:
                 self.evaluate(step)
-        import ray
-
-        ray.get(sync_refs)
+        rollout_group.wait(sync_refs)
         path = self.ctx.checkpoint_dir(self.stage)
-        self.policy.save(path)
-        if self.critic is not None:
-            self.critic.save(path + "-critic")
+        self.roles.policy.save(path)
+        if self.roles.critic is not None:
+            self.roles.critic.save(path + "-critic")
         return path
-
-    def shutdown(self) -> None:
-        for part in (
-            self.rollout,
-            self.policy,
-            self.ref,
-            self.reward_model,
-            self.critic,
-            self.verifier,
-        ):
-            if part is not None:
-                part.shutdown()
 
 
 def run(ctx: StageContext, stage: str, start_label: str | None = None) -> str:
@@ -359,4 +380,4 @@ def run(ctx: StageContext, stage: str, start_label: str | None = None) -> str:
     try:
         return rl.run(start_label)
     finally:
-        rl.shutdown()
+        rl.roles.shutdown()

@@ -1,0 +1,112 @@
+"""The actors an RL stage needs, started together.
+
+- policy: a trainable learner group (DeepSpeed), the model being optimised;
+- reference: a frozen copy of the starting policy, when the KL coefficient is nonzero;
+- reward_model: a frozen scalar-head model scoring whole sequences (reward_source reward_model);
+- critic: a trainable scalar-head group, started from the reward model (GAE only);
+- verifier: a pool of verifier actors (reward_source verifier);
+- rollout: the vLLM engines, started from the policy checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlstack.config import RLConfig
+from rlstack.errors import ConfigError
+from rlstack.learner.group import LearnerGroup
+from rlstack.rollout.group import RolloutGroup
+from rlstack.scorers.verifier import VerifierScorer
+from rlstack.stages.context import StageContext
+
+
+@dataclass
+class RLRoles:
+    policy: LearnerGroup
+    rollout: RolloutGroup
+    reference: LearnerGroup | None = None
+    reward_model: LearnerGroup | None = None
+    critic: LearnerGroup | None = None
+    verifier: VerifierScorer | None = None
+
+    def shutdown(self) -> None:
+        for part in (
+            self.rollout,
+            self.policy,
+            self.reference,
+            self.reward_model,
+            self.critic,
+            self.verifier,
+        ):
+            if part is not None:
+                part.shutdown()
+
+
+def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
+    """Start every role at once (actors load in parallel), then wait for all of them."""
+    if ctx.policy_path is None:
+        raise ConfigError(
+            f"{stage}: needs a policy checkpoint; run pretrain/sft first or set "
+            "model.init to a checkpoint"
+        )
+    if c.reward_source == "reward_model" and ctx.reward_model_path is None:
+        raise ConfigError(
+            f"{stage}: reward_source is reward_model but no reward model was "
+            "trained; add the reward_model stage before it"
+        )
+    samples = c.prompts_per_step * c.samples_per_prompt
+    updates = c.steps * c.epochs * c.minibatches
+    minibatch = samples // c.minibatches
+
+    verifier = None
+    if c.reward_source == "verifier":
+        verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
+    rollout = RolloutGroup(
+        ctx.policy_path,
+        vars(ctx.cfg.rollout).copy(),
+        ctx.cfg.model.max_seq_len,
+        ctx.cfg.seed,
+        env_vars=ctx.env_vars,
+    )
+    roles = RLRoles(
+        policy=ctx.learner(
+            f"{stage}/policy",
+            "causal_lm",
+            ctx.policy_path,
+            c.optim,
+            updates,
+            minibatch,
+            start=False,
+        ),
+        rollout=rollout,
+        verifier=verifier,
+    )
+    if c.kl_coef > 0:
+        roles.reference = ctx.learner(
+            f"{stage}/reference", "causal_lm", ctx.policy_path, None, 1, samples, start=False
+        )
+    if c.reward_source == "reward_model":
+        roles.reward_model = ctx.learner(
+            f"{stage}/reward_model", "scalar", ctx.reward_model_path, None, 1, samples, start=False
+        )
+    if c.advantage == "gae":
+        # The critic starts from the reward model when there is one: its head knows rewards.
+        critic_init = ctx.reward_model_path or ctx.policy_path
+        roles.critic = ctx.learner(
+            f"{stage}/critic",
+            "scalar",
+            critic_init,
+            c.critic_optim,
+            updates,
+            minibatch,
+            start=False,
+        )
+    timeout = ctx.cfg.ray.start_timeout_s
+    try:
+        for part in (roles.policy, roles.reference, roles.reward_model, roles.critic, rollout):
+            if part is not None:
+                part.start(timeout)
+    except BaseException:
+        roles.shutdown()
+        raise
+    return roles
