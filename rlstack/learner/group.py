@@ -14,7 +14,8 @@ import ray
 import torch
 
 from rlstack.errors import RLStackError
-from rlstack.learner.worker import LearnerWorker, ModelSpec, _split
+from rlstack.learner.microbatch import split_batch
+from rlstack.learner.worker import LearnerWorker, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class LearnerGroup:
         return len(self.workers)
 
     def _scatter(self, method: str, batch: dict[str, torch.Tensor], *args: Any) -> list[Any]:
-        shards = _split(batch, self.world_size)
+        shards = split_batch(batch, self.world_size)
         if len(shards) < self.world_size:
             raise ValueError(f"{self.name}: batch smaller than the {self.world_size} ranks")
         refs = [getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)]

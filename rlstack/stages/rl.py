@@ -25,7 +25,7 @@ import torch
 from rlstack.algorithms import AdaptiveKLController, FixedKLController, kl_estimate, masked_mean
 from rlstack.algorithms.estimators import AdvantageSpec, estimate_advantages
 from rlstack.config import RLConfig
-from rlstack.learner.worker import _split
+from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.group import RolloutGroup
 from rlstack.stages.batches import prompt_ids, rollout_batch
 from rlstack.stages.context import StageContext
@@ -285,7 +285,7 @@ class RLStage:
         for _ in range(c.epochs):
             perm = torch.randperm(n, generator=gen)
             shuffled = {k: v[perm] for k, v in batch.items()}
-            for mb in _split(shuffled, c.minibatches):
+            for mb in split_batch(shuffled, c.minibatches):
                 out = self.roles.policy.train("policy_step", {k: mb[k] for k in keys}, self.algo)
                 if self.roles.critic is not None:
                     out.update(
