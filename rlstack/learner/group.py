@@ -36,6 +36,15 @@ def wait_started(name: str, refs: list, request: str, timeout_s: float) -> None:
     ray.get(refs)  # re-raise an actor's own start-up error
 
 
+def combine_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over `results`; the maximum for keys ending in `_max`."""
+    out = {}
+    for key in results[0]:
+        values = [r[key] for r in results if key in r]
+        out[key] = max(values) if key.endswith("_max") else sum(values) / len(values)
+    return out
+
+
 class LearnerGroup:
     """`num_workers` ranks of one model role (policy, critic, reward model, reference)."""
 
@@ -89,9 +98,9 @@ class LearnerGroup:
         return ray.get(refs)
 
     def train(self, method: str, batch: dict[str, torch.Tensor], *args: Any) -> dict[str, float]:
-        """One optimizer step over `batch` split across ranks; returns mean metrics."""
-        results = self._scatter(method, batch, *args)
-        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        """One optimizer step over `batch` split across ranks; returns the ranks' mean metrics
+        (the maximum for keys ending in `_max`)."""
+        return combine_metrics(self._scatter(method, batch, *args))
 
     def evaluate(self, method: str, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Summed statistics (e.g. loss_sum, tokens) over ranks."""

@@ -165,14 +165,25 @@ class Objectives:
         by_tokens = algo["loss_agg"] == "token_mean"
         total = batch["mask"].sum() if by_tokens else torch.tensor(float(len(batch["mask"])))
         sums: dict[str, float] = {}
+        diff_max = 0.0
         for micro in split_batch(batch, self.spec.grad_accum):
             logits = self._logits(micro["input_ids"], micro["attention_mask"])
             logits = logits / algo["temperature"]
             logp = logprobs_from_logits(logits, micro["input_ids"][:, 1:])
             mask = micro["mask"]
-            loss, metrics = policy_loss(
+            metrics: dict[str, float] = {}
+            old_logprobs = micro.get("old_logprobs")
+            if old_logprobs is None:
+                # One pass over the batch: this forward runs on the weights that start the
+                # update, so its detached logprobs are the old policy's. It also measures the
+                # engine/learner mismatch on the same tokens.
+                old_logprobs = logp.detach()
+                diff = (old_logprobs - micro["rollout_logprobs"]).abs() * mask
+                metrics["logprob_diff_mean"] = (diff.sum() / mask.sum().clamp(min=1)).item()
+                diff_max = max(diff_max, diff.max().item())
+            loss, policy_metrics = policy_loss(
                 logp,
-                micro["old_logprobs"],
+                old_logprobs,
                 micro["advantages"],
                 mask,
                 clip_low=algo["clip_low"],
@@ -183,6 +194,7 @@ class Objectives:
                 agg=algo["loss_agg"],
                 norm_const=algo["norm_const"],
             )
+            metrics.update(policy_metrics)
             metrics["policy_loss"] = loss.item()
             entropy = entropy_from_logits(logits)
             metrics["entropy"] = masked_mean(entropy.detach(), mask).item()
@@ -202,6 +214,8 @@ class Objectives:
                 sums[k] = sums.get(k, 0.0) + v * weight
         self.steps += 1
         sums["lr"] = self._lr()
+        if "logprob_diff_mean" in sums:
+            sums["logprob_diff_max"] = diff_max
         return sums
 
     def value_step(self, batch: dict[str, torch.Tensor], algo: dict[str, Any]) -> dict[str, float]:

@@ -25,6 +25,7 @@ import torch
 from rlstack.algorithms import AdaptiveKLController, FixedKLController, kl_estimate, masked_mean
 from rlstack.algorithms.estimators import AdvantageSpec, estimate_advantages
 from rlstack.config import RLConfig
+from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.group import RolloutGroup
 from rlstack.stages.batches import prompt_ids, rollout_batch
@@ -215,8 +216,14 @@ class RLStage:
         mask = batch["mask"]
         scores = torch.tensor(rollout.scores, dtype=torch.float32)
         temperature = self.algo["temperature"]
-        batch["old_logprobs"] = roles.policy.infer("logprobs", batch, temperature)
         stats: dict[str, Any] = {}
+        # With a single pass over the batch and no reference, the update's own first forward
+        # gives the old logprobs (and the mismatch metric); otherwise they are computed here.
+        if roles.reference is not None or c.epochs > 1 or c.minibatches > 1:
+            batch["old_logprobs"] = roles.policy.infer("logprobs", batch, temperature)
+            diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
+            stats["logprob_diff_mean"] = (diff.sum() / mask.sum().clamp(min=1)).item()
+            stats["logprob_diff_max"] = diff.max().item()
 
         kl_penalty = None
         if roles.reference is not None:
@@ -278,8 +285,7 @@ class RLStage:
         if "ref_logprobs" in batch and not c.kl_in_reward:
             keys.append("ref_logprobs")
         critic_keys = ["input_ids", "attention_mask", "mask", "old_values", "returns"]
-        sums: dict[str, float] = {}
-        count = 0
+        results: list[dict[str, float]] = []
         gen = torch.Generator().manual_seed(self.ctx.cfg.seed)
         n = batch["input_ids"].shape[0]
         for _ in range(c.epochs):
@@ -293,10 +299,8 @@ class RLStage:
                             "value_step", {k: mb[k] for k in critic_keys}, self.algo
                         )
                     )
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-        return {k: v / count for k, v in sums.items()}
+                results.append(out)
+        return combine_metrics(results)
 
     # ----------------------------------------------------------------- eval
     def evaluate(self, step: int, label: str | None = None) -> None:
