@@ -274,14 +274,9 @@ class RLStage:
     # --------------------------------------------------------------- update
     def _update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         c = self.c
-        keys = [
-            "input_ids",
-            "attention_mask",
-            "mask",
-            "advantages",
-            "old_logprobs",
-            "rollout_logprobs",
-        ]
+        keys = ["input_ids", "attention_mask", "mask", "advantages", "rollout_logprobs"]
+        if "old_logprobs" in batch:
+            keys.append("old_logprobs")
         if "ref_logprobs" in batch and not c.kl_in_reward:
             keys.append("ref_logprobs")
         critic_keys = ["input_ids", "attention_mask", "mask", "old_values", "returns"]
