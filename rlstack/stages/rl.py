@@ -253,7 +253,6 @@ class RLStage:
             stats["zero_variance_groups"] = (
                 (groups.max(-1).values == groups.min(-1).values).float().mean().item()
             )
-        diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
         stats.update(
             {
                 "reward_mean": scores.mean().item(),
@@ -265,8 +264,6 @@ class RLStage:
                 .sqrt()
                 .item(),
                 "response_length": mask.sum(-1).mean().item(),
-                "logprob_diff_mean": (diff.sum() / mask.sum().clamp(min=1)).item(),
-                "logprob_diff_max": diff.max().item(),
             }
         )
         return batch, stats
