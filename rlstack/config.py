@@ -176,6 +176,7 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
+    reward_model: str | None = None  # a reward-model checkpoint; None: the reward_model stage's
     verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
     failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
@@ -293,11 +294,49 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
+def _positive(section: Any, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is None or value < 1:
+            raise ConfigError(f"{prefix}.{key}: must be at least 1, got {value}")
+
+
+def _not_negative(section: Any, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{prefix}.{key}: must not be negative, got {value}")
+
+
 def validate(cfg: Config) -> None:
     """Checks the types alone cannot express."""
+    if not cfg.stages:
+        raise ConfigError("stages: the stage list is empty")
     for stage in cfg.stages:
         if stage not in STAGES:
             raise ConfigError(f"stages: unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    _positive(
+        cfg.model,
+        "model",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "ffn_size",
+        "expert_size",
+        "num_experts",
+        "experts_per_token",
+        "max_seq_len",
+    )
+    _positive(cfg.learner, "learner", "num_workers", "threads", "micro_batch_size")
+    _positive(cfg.rollout, "rollout", "num_engines", "threads", "max_num_seqs", "kv_cache_gib")
+    for name in ("pretrain", "sft", "reward_model", "dpo"):
+        section = getattr(cfg, name)
+        _positive(section, name, "steps", "batch_size")
+        _not_negative(section, name, "eval_every", "eval_batches")
+        if section.optim.lr <= 0:
+            raise ConfigError(f"{name}.optim.lr: must be positive, got {section.optim.lr}")
+    _positive(cfg.pretrain, "pretrain", "seq_len")
     m = cfg.model
     if m.num_heads % m.num_kv_heads or m.hidden_size % m.num_heads:
         raise ConfigError("model: num_kv_heads must divide num_heads, num_heads hidden_size")
@@ -312,6 +351,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"learner.zero_stage: {cfg.learner.zero_stage} is not 0, 1, 2 or 3")
     for name in ("ppo", "grpo"):
         rl: RLConfig = getattr(cfg, name)
+        _positive(
+            rl,
+            name,
+            "steps",
+            "prompts_per_step",
+            "samples_per_prompt",
+            "epochs",
+            "minibatches",
+            "max_sampling_tries",
+        )
+        _positive(rl.sampling, f"{name}.sampling", "max_tokens")
+        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef")
+        if rl.prompts_per_step * rl.samples_per_prompt < rl.minibatches:
+            raise ConfigError(f"{name}.minibatches: more minibatches than samples per step")
         if rl.advantage not in ADVANTAGES:
             raise ConfigError(
                 f"{name}.advantage: {rl.advantage!r} is not one of {', '.join(ADVANTAGES)}"

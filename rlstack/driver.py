@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rlstack.config import Config, to_yaml
+from rlstack.errors import RLStackError
 from rlstack.metrics import MetricsWriter
 from rlstack.runtime import init_ray
 from rlstack.stages import dpo, pretrain, reward_model, rl, sft
@@ -45,11 +46,21 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
 def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
     """Run every stage of `cfg.stages`; returns the run directory."""
     run_dir = Path(run_dir or cfg.run_dir or new_run_dir()).resolve()
+    if (run_dir / "metrics.jsonl").exists():
+        raise RLStackError(f"run directory {run_dir} already holds a run; choose another")
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir = str(run_dir)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     handler = _log_to_file(run_dir)
     try:
         return _run_stages(cfg, run_dir)
+    except RLStackError as err:
+        # The command line prints the error; the run's own log keeps it too.
+        record = logging.LogRecord(
+            __name__, logging.ERROR, __file__, 0, "run stopped: %s", (err,), None
+        )
+        handler.handle(record)
+        raise
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

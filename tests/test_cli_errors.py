@@ -88,3 +88,38 @@ def test_smoke_config_is_the_embedded_default():
     from rlstack.config import load_config
 
     assert load_config(str(REPO / "configs" / "smoke.yaml")) == load_config(None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["sft.batch_size=0"], "sft.batch_size"),
+        (["grpo.prompts_per_step=0"], "grpo.prompts_per_step"),
+        (["learner.num_workers=0"], "learner.num_workers"),
+        (["pretrain.steps=-1"], "pretrain.steps"),
+    ],
+)
+def test_counts_that_must_be_positive_are_named(overrides, fragment, tmp_path):
+    assert_one_clear_error(rlstack("run", *overrides, cwd=tmp_path), fragment)
+
+
+def test_missing_starting_checkpoint_is_named_before_ray_starts(tmp_path):
+    missing = tmp_path / "no_such_checkpoint"
+    result = rlstack("run", "stages=[sft]", f"model.init={missing}", cwd=tmp_path)
+    assert_one_clear_error(result, "model.init", "does not exist")
+    assert "Ray" not in result.stderr
+
+
+def test_ppo_without_a_reward_model_is_refused_before_any_stage_runs(tmp_path):
+    result = rlstack("run", "stages=[sft,ppo]", cwd=tmp_path)
+    assert_one_clear_error(result, "ppo", "reward_model")
+    assert "stage sft: starting" not in result.stderr
+
+
+def test_reused_run_directory_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"stage": "sft", "step": 0}\n')
+    result = rlstack("run", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert_one_clear_error(result, "already holds a run")
+    assert (run_dir / "metrics.jsonl").read_text() == '{"stage": "sft", "step": 0}\n'

@@ -20,6 +20,18 @@ from rlstack.learner.worker import LearnerWorker, ModelSpec
 logger = logging.getLogger(__name__)
 
 
+def check_fits(name: str, count: int, cpus: float, gpus: float) -> None:
+    """Fail at once when the cluster as a whole cannot hold `count` actors of this size."""
+    total = ray.cluster_resources()
+    for kind, each in (("CPU", cpus), ("GPU", gpus)):
+        if each > 0 and count * each > total.get(kind, 0) + 1e-9:
+            raise RLStackError(
+                f"{name}: {count} actor(s) x {each} {kind} = {count * each:g} {kind}, but the "
+                f"cluster has {total.get(kind, 0):g}; lower the role's cpus/gpus per actor or "
+                f"its count, or give Ray more (ray.num_cpus)"
+            )
+
+
 def wait_started(name: str, refs: list, request: str, timeout_s: float) -> None:
     """Wait for actors to come up; fail with the cluster's free resources instead of hanging."""
     _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
@@ -62,6 +74,7 @@ class LearnerGroup:
         threads = str(max(1, spec.threads))
         env = dict(env_vars or {})
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        check_fits(name, num_workers, cpus_per_worker, gpus_per_worker)
         actor = ray.remote(LearnerWorker).options(
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker,

@@ -8,7 +8,7 @@ from typing import Any
 import ray
 
 from rlstack.errors import RLStackError
-from rlstack.learner.group import wait_started
+from rlstack.learner.group import check_fits, wait_started
 from rlstack.rollout.engine import RolloutEngine
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class RolloutGroup:
         env.update(OMP_NUM_THREADS=threads, VLLM_CPU_OMP_THREADS_BIND="nobind")
         if cfg["gpus_per_engine"] > 0:
             env.pop("VLLM_CPU_OMP_THREADS_BIND")
+        check_fits("rollout", cfg["num_engines"], cfg["cpus_per_engine"], cfg["gpus_per_engine"])
         actor = ray.remote(RolloutEngine).options(
             num_cpus=cfg["cpus_per_engine"],
             num_gpus=cfg["gpus_per_engine"],

@@ -29,6 +29,11 @@ class WeightSyncExtension:
 
     def rlstack_update_weights(self, blob: bytes) -> int:
         """Load a full or partial state dict (HF checkpoint names) into the running model."""
+        # Layers with no checkpoint weights (rotary caches) keep their tensors; vLLM warns
+        # about each of them on every update.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(
+            logging.ERROR
+        )
         self.model_runner.reload_weights(weights_iterator=_named_tensors(blob))
         repacked = self._repack_moe_layers()
         return repacked

@@ -28,27 +28,31 @@ class VerifierWorker:
         self.failure_score = failure_score
 
     def score(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Scores of `items`; failures by kind: raised, not_a_number, nan."""
         scores, failures = [], {}
         for item in items:
-            extras = item.get("extras") or {}
-            try:
-                value = float(
-                    self.fn(item["prompt"], item["response"], item["reference"], **extras)
-                )
-                if not math.isfinite(value):
-                    raise ValueError("non-finite score")
-            except Exception as err:
-                kind = (
-                    "nan"
-                    if isinstance(err, ValueError) and "non-finite" in str(err)
-                    else ("not_a_number" if isinstance(err, (TypeError, ValueError)) else "raised")
-                )
+            kind, value = self._score_one(item)
+            if kind is not None:
                 failures[kind] = failures.get(kind, 0) + 1
-                if sum(failures.values()) == 1:
-                    logger.warning("verifier %s failed (%s): %s", self.spec, kind, err)
+                if failures[kind] == 1:
+                    logger.warning("verifier %s failed (%s): %s", self.spec, kind, value)
                 value = self.failure_score
             scores.append(value)
         return {"scores": scores, "failures": failures}
+
+    def _score_one(self, item: dict[str, Any]) -> tuple[str | None, Any]:
+        extras = item.get("extras") or {}
+        try:
+            result = self.fn(item["prompt"], item["response"], item["reference"], **extras)
+        except Exception as err:
+            return "raised", f"{type(err).__name__}: {err}"
+        try:
+            value = float(result)
+        except (TypeError, ValueError):
+            return "not_a_number", f"returned {result!r}"
+        if not math.isfinite(value):
+            return "nan", f"returned {value}"
+        return None, value
 
 
 class VerifierScorer:

@@ -10,11 +10,27 @@ from typing import Any
 
 from rlstack.config import Config, DataConfig, OptimConfig
 from rlstack.data import load_rows, split_rows
+from rlstack.errors import ConfigError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
 from rlstack.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
+
+
+def check_checkpoint(key: str, path: str | None) -> None:
+    """A local checkpoint must be a directory with a config.json; other names go to the hub."""
+    if path is None or path == "random":
+        return
+    local = Path(path).expanduser()
+    looks_local = path.startswith(("/", ".", "~")) or local.exists()
+    if looks_local and not (local / "config.json").is_file():
+        what = (
+            "is not a checkpoint directory (no config.json)"
+            if local.exists()
+            else ("does not exist")
+        )
+        raise ConfigError(f"{key}: {path} {what}")
 
 
 @dataclass
@@ -47,14 +63,19 @@ class StageContext:
         data: DataConfig = getattr(self.cfg, stage).data
         t0 = time.time()
         opts = dict(data.options)
-        rows = load_rows(data.train, data.format, split=data.split, max_rows=data.max_rows, **opts)
-        if data.eval is not None:
-            train = rows
-            held_out = load_rows(data.eval, data.format, split=data.eval_split, **opts)
-        elif stage == "pretrain" and len(rows) == 1:
-            train, held_out = rows, []  # one document: pretraining holds out its tail
-        else:
-            train, held_out = split_rows(rows, data.eval_fraction, self.cfg.seed)
+        try:
+            rows = load_rows(
+                data.train, data.format, split=data.split, max_rows=data.max_rows, **opts
+            )
+            if data.eval is not None:
+                train = rows
+                held_out = load_rows(data.eval, data.format, split=data.eval_split, **opts)
+            elif stage == "pretrain" and len(rows) == 1:
+                train, held_out = rows, []  # one document: pretraining holds out its tail
+            else:
+                train, held_out = split_rows(rows, data.eval_fraction, self.cfg.seed)
+        except ConfigError as err:
+            raise ConfigError(f"{stage}.data: {err}") from None
         if data.max_eval_rows is not None and stage != "pretrain":
             held_out = held_out[: data.max_eval_rows]
         logger.info(
@@ -73,6 +94,19 @@ class StageContext:
         fails in seconds with one clear error instead of after the earlier stages."""
         from rlstack.verifiers import load_verifier
 
+        check_checkpoint("model.init", self.cfg.model.init)
+        have_reward_model = False
+        for stage in self.cfg.stages:
+            section = getattr(self.cfg, stage)
+            have_reward_model = have_reward_model or stage == "reward_model"
+            if getattr(section, "reward_source", None) == "reward_model":
+                check_checkpoint(f"{stage}.reward_model", section.reward_model)
+                if section.reward_model is None and not have_reward_model:
+                    raise ConfigError(
+                        f"{stage}: reward_source is reward_model but no reward model comes "
+                        f"before it; add the reward_model stage earlier in `stages` or set "
+                        f"{stage}.reward_model to a reward-model checkpoint"
+                    )
         for stage in self.cfg.stages:
             self.load_data(stage)
             section = getattr(self.cfg, stage)

@@ -49,7 +49,8 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
             f"{stage}: needs a policy checkpoint; run pretrain/sft first or set "
             "model.init to a checkpoint"
         )
-    if c.reward_source == "reward_model" and ctx.reward_model_path is None:
+    reward_model_path = c.reward_model or ctx.reward_model_path
+    if c.reward_source == "reward_model" and reward_model_path is None:
         raise ConfigError(
             f"{stage}: reward_source is reward_model but no reward model was "
             "trained; add the reward_model stage before it"
@@ -87,11 +88,11 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         )
     if c.reward_source == "reward_model":
         roles.reward_model = ctx.learner(
-            f"{stage}/reward_model", "scalar", ctx.reward_model_path, None, 1, samples, start=False
+            f"{stage}/reward_model", "scalar", reward_model_path, None, 1, samples, start=False
         )
     if c.advantage == "gae":
         # The critic starts from the reward model when there is one: its head knows rewards.
-        critic_init = ctx.reward_model_path or ctx.policy_path
+        critic_init = reward_model_path or ctx.policy_path
         roles.critic = ctx.learner(
             f"{stage}/critic",
             "scalar",
