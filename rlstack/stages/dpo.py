@@ -17,7 +17,7 @@ import torch
 from rlstack.errors import ConfigError
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks
+from rlstack.stages.evaluation import chunks, train_steps
 
 STAGE = "dpo"
 
@@ -65,20 +65,17 @@ def run(ctx: StageContext) -> str:
             },
         )
 
+    def step(_: int) -> dict[str, float]:
+        rows = rng.sample(train, min(c.batch_size, len(train)))
+        batch = pair_batch(tokenizer, rows, max_len)
+        t0 = time.time()
+        batch["ref_logps"] = reference.infer("pair_logps", batch)
+        out = policy.train("dpo_step", batch, c.beta)
+        out["pairs_per_s"] = len(rows) / (time.time() - t0)
+        return out
+
     try:
-        evaluate(0)
-        for step in range(1, c.steps + 1):
-            rows = rng.sample(train, min(c.batch_size, len(train)))
-            batch = pair_batch(tokenizer, rows, max_len)
-            t0 = time.time()
-            batch["ref_logps"] = reference.infer("pair_logps", batch)
-            out = policy.train("dpo_step", batch, c.beta)
-            out["pairs_per_s"] = len(rows) / (time.time() - t0)
-            if step % 10 == 0 or step == c.steps:
-                ctx.log(STAGE, step, out)
-            if c.eval_every and step % c.eval_every == 0 and step != c.steps:
-                evaluate(step)
-        evaluate(c.steps)
+        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
         path = ctx.checkpoint_dir(STAGE)
         policy.save(path)
         return path

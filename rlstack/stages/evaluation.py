@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from rlstack.learner.group import LearnerGroup
+from rlstack.stages.context import StageContext
 
 
 def lm_val_loss(learner: LearnerGroup, batches: Iterable[dict[str, torch.Tensor]]) -> float:
@@ -23,3 +24,23 @@ def lm_val_loss(learner: LearnerGroup, batches: Iterable[dict[str, torch.Tensor]
 def chunks(rows: list, size: int) -> Iterable[list]:
     for i in range(0, len(rows), size):
         yield rows[i : i + size]
+
+
+def train_steps(
+    ctx: StageContext,
+    stage: str,
+    steps: int,
+    eval_every: int,
+    step_fn: Callable[[int], dict[str, float]],
+    evaluate: Callable[[int], None],
+) -> None:
+    """The step loop of a supervised stage: evaluate at step 0, every `eval_every` steps and
+    after the last step; log `step_fn`'s metrics every 10 steps and at the last."""
+    evaluate(0)
+    for step in range(1, steps + 1):
+        out = step_fn(step)
+        if step % 10 == 0 or step == steps:
+            ctx.log(stage, step, out)
+        if eval_every and step % eval_every == 0 and step != steps:
+            evaluate(step)
+    evaluate(steps)

@@ -19,7 +19,7 @@ from rlstack.stages.batches import (
     unigram_entropy,
 )
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import lm_val_loss
+from rlstack.stages.evaluation import lm_val_loss, train_steps
 
 logger = logging.getLogger(__name__)
 STAGE = "pretrain"
@@ -57,16 +57,13 @@ def run(ctx: StageContext) -> str:
         loss = lm_val_loss(learner, batches)
         ctx.log(STAGE, step, {"eval/val_loss": loss, "eval/unigram_baseline": baseline})
 
-    evaluate(0)
-    for step in range(1, c.steps + 1):
+    def step(_: int) -> dict[str, float]:
         t0 = time.time()
         out = learner.train("lm_step", random_windows(train_stream, c.batch_size, c.seq_len, gen))
         out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
-        if step % 10 == 0 or step == c.steps:
-            ctx.log(STAGE, step, out)
-        if c.eval_every and step % c.eval_every == 0 and step != c.steps:
-            evaluate(step)
-    evaluate(c.steps)
+        return out
+
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()

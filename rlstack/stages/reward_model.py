@@ -10,7 +10,7 @@ import time
 
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks
+from rlstack.stages.evaluation import chunks, train_steps
 
 STAGE = "reward_model"
 
@@ -48,17 +48,14 @@ def run(ctx: StageContext) -> str:
             },
         )
 
-    evaluate(0)
-    for step in range(1, c.steps + 1):
+    def step(_: int) -> dict[str, float]:
         rows = rng.sample(train, min(c.batch_size, len(train)))
         t0 = time.time()
         out = learner.train("pair_step", pair_batch(tokenizer, rows, max_len))
         out["pairs_per_s"] = len(rows) / (time.time() - t0)
-        if step % 10 == 0 or step == c.steps:
-            ctx.log(STAGE, step, out)
-        if c.eval_every and step % c.eval_every == 0 and step != c.steps:
-            evaluate(step)
-    evaluate(c.steps)
+        return out
+
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()

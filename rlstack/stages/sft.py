@@ -7,7 +7,7 @@ import time
 
 from rlstack.stages.batches import sft_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks, lm_val_loss
+from rlstack.stages.evaluation import chunks, lm_val_loss, train_steps
 
 STAGE = "sft"
 
@@ -25,23 +25,21 @@ def run(ctx: StageContext) -> str:
         batches = (sft_batch(tokenizer, rows, max_len) for rows in chunks(eval_rows, c.batch_size))
         ctx.log(STAGE, step, {"eval/val_loss": lm_val_loss(learner, batches)})
 
-    evaluate(0)
     order: list[int] = []
-    for step in range(1, c.steps + 1):
+
+    def step(_: int) -> dict[str, float]:
         if len(order) < c.batch_size:
             fresh = list(range(len(train)))
             rng.shuffle(fresh)
-            order += fresh
+            order.extend(fresh)
         rows = [train[i] for i in order[: c.batch_size]]
         del order[: c.batch_size]
         t0 = time.time()
         out = learner.train("lm_step", sft_batch(tokenizer, rows, max_len))
         out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
-        if step % 10 == 0 or step == c.steps:
-            ctx.log(STAGE, step, out)
-        if c.eval_every and step % c.eval_every == 0 and step != c.steps:
-            evaluate(step)
-    evaluate(c.steps)
+        return out
+
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()
