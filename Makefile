@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlstack-installed
 
-.PHONY: env smoke test lint bench-grpo clean-env
+.PHONY: env smoke test lint bench-grpo bench-learning clean-env
 
 env: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 bench-grpo: $(STAMP)
 	$(BIN)/python bench/grpo_step.py
+
+# Do the algorithms learn on real data? About 30 minutes on 2 cores; writes docs/learning.md.
+bench-learning: $(STAMP)
+	$(BIN)/python bench/learning.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -49,7 +49,8 @@ class ModelConfig:
 class DataConfig:
     """A data set: a generated one, a local file or directory, or a hub name."""
 
-    train: str = "synthetic:arithmetic"  # "synthetic:<name>", a local path, or a hub name
+    train: str = "synthetic:arithmetic"  # "synthetic:<name>", a local path, or a hub name;
+    # a row slice suffix such as "data.jsonl[:2000]" keeps part of it
     eval: str | None = None  # held-out source; None splits eval_fraction off `train`
     format: str = "prompt_reference"  # text | prompt_response | pairs | prompt_reference |
     # gsm8k_calc | hh_rlhf (see rlstack.data.formats)
@@ -58,6 +59,8 @@ class DataConfig:
     eval_fraction: float = 0.05  # share of `train` held out when `eval` is None
     max_rows: int | None = None  # read at most this many raw records (None: all)
     max_eval_rows: int | None = 256  # held-out rows used for evaluation
+    drop_seen_prompts: bool = True  # with `eval` given: drop held-out rows whose prompt is a
+    # training prompt of this or an earlier stage, so held-out figures measure generalisation
     options: dict[str, Any] = field(default_factory=dict)  # format options (field names, ...)
 
 

@@ -336,3 +336,81 @@ def test_split_rows_holds_out_at_least_one_row():
     assert split_rows([1, 2, 3], 0.0, seed=0)[1] == []
     with pytest.raises(ConfigError):
         split_rows([1, 2], 1.0, seed=0)
+
+
+def test_gsm8k_calc_options_narrow_the_task():
+    answer = "<<48/2=24>> <<3*4+1=13>> <<7/2=3.5>> <<1000-1=999>> <<-5+2=-3>>"
+    rows = gsm8k_calc([{"answer": answer}], "x", max_operators=1, integer_results=True)
+    assert [r["prompt"] for r in rows] == ["48/2", "1000-1", "-5+2"]
+    short = gsm8k_calc([{"answer": answer}], "x", max_prompt_chars=4)
+    assert [r["prompt"] for r in short] == ["48/2", "7/2", "-5+2"]
+
+
+def test_row_slices_give_disjoint_parts_of_a_source(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": str(i)}) + "\n" for i in range(10)))
+    first = load_rows(f"{path}[:4]", "text")
+    rest = load_rows(f"{path}[4:]", "text")
+    middle = load_rows(f"{path}[4:9]", "text", max_rows=3)
+    assert first == ["0", "1", "2", "3"]
+    assert rest == [str(i) for i in range(4, 10)]
+    assert middle == ["4", "5", "6"]
+    assert load_rows("synthetic:text[:1]", "text") == load_rows("synthetic:text", "text")[:1]
+    with pytest.raises(ConfigError, match=r"empty row slice \[5:2\]"):
+        load_rows(f"{path}[5:2]", "text")
+    with pytest.raises(DataError, match="not found"):
+        load_rows(str(tmp_path / "missing.jsonl[:3]"), "text")
+
+
+def _stage_data(tmp_path, *overrides: str):
+    from rlstack.config import load_config
+    from rlstack.stages.context import StageContext
+
+    cfg = load_config(None, list(overrides))
+    return StageContext(cfg, tmp_path, None, {})
+
+
+def test_held_out_rows_whose_prompt_is_a_training_prompt_are_dropped(tmp_path):
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train.write_text("".join(json.dumps({"prompt": p, "reference": "1"}) + "\n" for p in "abc"))
+    held.write_text("".join(json.dumps({"prompt": p, "reference": "1"}) + "\n" for p in "bcde"))
+    data = [f"grpo.data.train={train}", f"grpo.data.eval={held}"]
+
+    _, kept = _stage_data(tmp_path, *data).load_data("grpo")
+    _, everything = _stage_data(tmp_path, *data, "grpo.data.drop_seen_prompts=false").load_data(
+        "grpo"
+    )
+
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text(json.dumps({"prompt": "d", "response": "1"}) + "\n")
+    sft = [f"sft.data.train={earlier}", "sft.data.format=prompt_response"]
+    _, after_sft = _stage_data(tmp_path, *data, *sft).load_data("grpo")
+
+    assert [r["prompt"] for r in kept] == ["d", "e"]
+    assert [r["prompt"] for r in after_sft] == ["e"]
+    assert [r["prompt"] for r in everything] == ["b", "c", "d", "e"]
+
+
+def test_stage_given_rows_without_the_fields_it_reads_names_stage_and_format(tmp_path):
+    ctx = _stage_data(
+        tmp_path,
+        "reward_model.data.train=synthetic:arithmetic",
+        "reward_model.data.format=prompt_reference",
+    )
+    with pytest.raises(ConfigError, match=r"reward_model.data.format: prompt_reference rows .*"):
+        ctx.load_data("reward_model")
+    ctx = _stage_data(tmp_path, "grpo.data.train=synthetic:preferences", "grpo.data.format=pairs")
+    with pytest.raises(ConfigError, match=r"grpo needs \{prompt, reference\}"):
+        ctx.load_data("grpo")
+
+
+def test_sft_learns_the_chosen_reply_of_preference_rows(tmp_path):
+    from rlstack.model.tokenizer import build_tokenizer
+    from rlstack.stages.batches import sft_batch
+
+    ctx = _stage_data(tmp_path, "sft.data.train=synthetic:preferences", "sft.data.format=pairs")
+    train, _ = ctx.load_data("sft")
+    tok = build_tokenizer(256)
+    batch = sft_batch(tok, train[:1], 256)
+    learned = batch["input_ids"][0][batch["loss_mask"][0].bool()].tolist()
+    assert tok.decode(learned[:-1]).replace(" ", "") == train[0]["chosen"].replace(" ", "")

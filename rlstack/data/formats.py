@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CALC_ANNOTATION = re.compile(r"<<([^<>]*)>>")
 PLAIN_NUMBER = re.compile(r"-?(\d+(\.\d+)?|\.\d+)")
+OPERATOR = re.compile(r"(?<=[\d)])[-+*/]")  # binary operators (not a leading minus sign)
 ASSISTANT_TURN = "\n\nAssistant:"
 HUMAN_TURN = "\n\nHuman:"
 
@@ -113,17 +114,29 @@ def prompt_reference(
     return rows
 
 
-def gsm8k_calc(records: list[dict], where: str, *, answer_field: str = "answer") -> list[dict]:
+def gsm8k_calc(
+    records: list[dict],
+    where: str,
+    *,
+    answer_field: str = "answer",
+    max_operators: int | None = None,
+    integer_results: bool = False,
+    max_prompt_chars: int | None = None,
+) -> list[dict]:
     """Calculator rows from GSM8K worked answers.
 
     Each annotation `<<48/2=24>>` gives `{"prompt": "48/2", "reference": "24", "response": "24"}`
     (spaces inside the expression removed). Annotations with an empty expression or result, or a
     result that is not a plain number (`-12`, `0.5`, `.5`; not `1,000`), are skipped. A prompt seen
     before is skipped too, so the first occurrence wins; rows keep the source order.
+
+    Options narrow the task, e.g. for a small model: `max_operators` keeps expressions with at
+    most that many arithmetic operators (`48/2` has one), `integer_results` keeps whole-number
+    results, `max_prompt_chars` keeps expressions up to that length.
     """
     rows = []
     seen: set[str] = set()
-    skipped = 0
+    skipped = narrowed = 0
     for i, r in enumerate(records, start=1):
         for annotation in CALC_ANNOTATION.findall(_field(r, answer_field, where, i)):
             expression, equals, result = annotation.rpartition("=")
@@ -134,14 +147,23 @@ def gsm8k_calc(records: list[dict], where: str, *, answer_field: str = "answer")
             if expression in seen:
                 continue
             seen.add(expression)
+            if (
+                (max_operators is not None and len(OPERATOR.findall(expression)) > max_operators)
+                or (integer_results and not re.fullmatch(r"-?\d+", result))
+                or (max_prompt_chars is not None and len(expression) > max_prompt_chars)
+            ):
+                narrowed += 1
+                continue
             rows.append({"prompt": expression, "reference": result, "response": result})
 
     logger.info(
-        "gsm8k_calc: %d distinct calculations from %d records of %s (%d annotations unusable)",
+        "gsm8k_calc: %d distinct calculations from %d records of %s (%d annotations unusable, "
+        "%d left out by the options)",
         len(rows),
         len(records),
         where,
         skipped,
+        narrowed,
     )
     return rows
 

@@ -17,6 +17,7 @@ import gzip
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -27,6 +28,7 @@ from rlstack.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
+ROW_SLICE = re.compile(r"(?P<source>.+)\[(?P<start>\d*):(?P<stop>\d*)\]")
 
 # Longest suffix first, so that "x.jsonl.gz" is not taken for a ".gz" of unknown kind.
 FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".txt", ".csv", ".parquet")
@@ -46,6 +48,9 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
         split: the split to read from a directory or hub dataset; ignored for files.
         max_rows: keep at most this many records (the first ones); None keeps all.
 
+    A source may end in a row slice, `path/to/file.jsonl[:2000]` or `name[2000:]` (Python
+    slice syntax, non-negative bounds), to give stages disjoint parts of one data set.
+
     Returns:
         The records, in source order.
 
@@ -55,6 +60,17 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
     """
     if max_rows is not None and max_rows < 0:
         raise ConfigError(f"{source}: max_rows must be >= 0, got {max_rows}")
+    sliced = ROW_SLICE.fullmatch(source)
+    if sliced and not Path(source).expanduser().exists():
+        start, stop = int(sliced["start"] or 0), sliced["stop"]
+        stop = None if stop == "" else int(stop)
+        if stop is not None and stop < start:
+            raise ConfigError(f"{source}: empty row slice [{start}:{stop}]")
+        if max_rows is not None:
+            stop = start + max_rows if stop is None else min(stop, start + max_rows)
+        records = load_records(sliced["source"], split=split, max_rows=stop)[start:stop]
+        logger.info("kept records %d-%d of %s", start, start + len(records), sliced["source"])
+        return records
 
     if source.startswith(SYNTHETIC_PREFIX):
         records = synthetic_records(source[len(SYNTHETIC_PREFIX) :])

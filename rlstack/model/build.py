@@ -92,7 +92,9 @@ def make_config(model_cfg: Any, tokenizer: PreTrainedTokenizerBase) -> Pretraine
             num_experts_per_tok=model_cfg.experts_per_token,
             interleave_moe_layer_step=1,
             use_qk_norm=True,
-            attention_chunk_size=model_cfg.max_seq_len,
+            # Chunked local attention with one chunk covering every position is full
+            # attention; vLLM needs the chunk to be a multiple of its KV block (128 on CPU).
+            attention_chunk_size=-(-model_cfg.max_seq_len // 128) * 128,
             attn_temperature_tuning=False,
             no_rope_layer_interval=4,
             router_aux_loss_coef=0.0,

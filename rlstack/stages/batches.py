@@ -72,11 +72,13 @@ def unigram_entropy(stream: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------- SFT
 def sft_batch(tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_len: int):
-    """Prompt + response + end token; only response and end tokens are in `loss_mask`."""
+    """Prompt + response + end token; only response and end tokens are in `loss_mask`.
+    Preference rows (no `response`) give their `chosen` reply."""
     seqs, masks = [], []
     for row in rows:
         p = prompt_ids(tokenizer, row["prompt"], max_len // 2)
-        r = encode(tokenizer, row["response"]) + [tokenizer.eos_token_id]
+        response = row["response"] if "response" in row else row["chosen"]
+        r = encode(tokenizer, response) + [tokenizer.eos_token_id]
         seq = (p + r)[:max_len]
         seqs.append(seq)
         masks.append([0] * len(p) + [1] * (len(seq) - len(p)))

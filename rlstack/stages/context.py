@@ -33,6 +33,47 @@ def check_checkpoint(key: str, path: str | None) -> None:
         raise ConfigError(f"{key}: {path} {what}")
 
 
+# Row fields each stage reads; SFT also takes preference rows and learns their chosen reply.
+STAGE_FIELDS = {
+    "sft": [("prompt", "response"), ("prompt", "chosen")],
+    "reward_model": [("prompt", "chosen", "rejected")],
+    "dpo": [("prompt", "chosen", "rejected")],
+    "ppo": [("prompt",)],
+    "grpo": [("prompt",)],
+}
+
+
+def _check_fields(stage: str, fmt: str, rows: list, verifier: bool = False) -> None:
+    """A ConfigError naming the stage when its data format lacks the fields the stage reads."""
+    if stage == "pretrain":
+        if rows and not isinstance(rows[0], str):
+            raise ConfigError(f"{stage}.data.format: {fmt} gives records; pretraining needs text")
+        return
+    needs = [(*f, "reference") for f in STAGE_FIELDS[stage]] if verifier else STAGE_FIELDS[stage]
+    have = set(rows[0]) if rows and isinstance(rows[0], dict) else set()
+    if rows and not any(set(fields) <= have for fields in needs):
+        wanted = " or ".join("{" + ", ".join(f) + "}" for f in needs)
+        raise ConfigError(
+            f"{stage}.data.format: {fmt} rows have fields {{{', '.join(sorted(have))}}}; "
+            f"{stage} needs {wanted}"
+        )
+
+
+def _drop_seen_prompts(train: list, held_out: list, where: str) -> list:
+    """Held-out rows whose prompt is not a training prompt of this or an earlier stage (rows
+    without prompts are all kept)."""
+    seen = {r["prompt"] for r in train if isinstance(r, dict) and "prompt" in r}
+    kept = [r for r in held_out if not (isinstance(r, dict) and r.get("prompt") in seen)]
+    if len(kept) < len(held_out):
+        logger.info(
+            "%s: %d of %d held-out rows dropped: their prompt is also a training prompt",
+            where,
+            len(held_out) - len(kept),
+            len(held_out),
+        )
+    return kept
+
+
 @dataclass
 class StageContext:
     cfg: Config
@@ -65,17 +106,29 @@ class StageContext:
         opts = dict(data.options)
         try:
             rows = load_rows(
-                data.train, data.format, split=data.split, max_rows=data.max_rows, **opts
+                data.train,
+                data.format,
+                split=data.split,
+                max_rows=data.max_rows,
+                **opts,
             )
             if data.eval is not None:
                 train = rows
                 held_out = load_rows(data.eval, data.format, split=data.eval_split, **opts)
+                if data.drop_seen_prompts:
+                    seen = list(train)
+                    for earlier in self.cfg.stages[: self.cfg.stages.index(stage)]:
+                        if earlier != "pretrain":
+                            seen += self.load_data(earlier)[0]
+                    held_out = _drop_seen_prompts(seen, held_out, f"{stage}.data.eval")
             elif stage == "pretrain" and len(rows) == 1:
                 train, held_out = rows, []  # one document: pretraining holds out its tail
             else:
                 train, held_out = split_rows(rows, data.eval_fraction, self.cfg.seed)
         except ConfigError as err:
             raise ConfigError(f"{stage}.data: {err}") from None
+        verifier = getattr(getattr(self.cfg, stage), "reward_source", None) == "verifier"
+        _check_fields(stage, data.format, train + held_out, verifier)
         if data.max_eval_rows is not None and stage != "pretrain":
             held_out = held_out[: data.max_eval_rows]
         logger.info(
