@@ -166,7 +166,7 @@ def plot(summary: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     panels = [
         ("grpo", "curve", "GRPO: held-out pass rate (greedy)", "pass rate"),
         ("reward_model", "curve", "Reward model: held-out pair accuracy", "accuracy"),
@@ -191,7 +191,7 @@ def plot(summary: dict) -> None:
             twin.plot(ks, kv, color="tab:red", alpha=0.5, linewidth=1)
             twin.axhline(PPO_KL_BOUND, color="tab:red", linestyle=":")
             twin.set_ylabel("KL to reference (nats)", color="tab:red")
-    fig.tight_layout()
+    fig.tight_layout(w_pad=3.0)
     fig.savefig(PLOT, dpi=110)
 
 
