@@ -32,7 +32,7 @@ from typing import Any
 import ray
 
 from rlstack.errors import PluginError, RLStackError
-from rlstack.scorers.verifier_worker import Item, VerifierWorker, call_mode
+from rlstack.scorers.verifier_worker import Item, VerifierWorker, call_mode, column_names
 from rlstack.verifiers import check_options, load_verifier
 from rlstack.verifiers.api import Outcome, failed
 from rlstack.verifiers.combine import VerifierEntry, combine, parse_verifier_entries
@@ -157,9 +157,10 @@ class VerifierScorer:
         n = len(items)
         outcomes: list[list[Outcome | None]] = [[None] * n for _ in self.entries]
         queue: deque[tuple[int, list[int]]] = deque(self._chunks(n))
+        columns = column_names(items) if "batch" in self.modes else None
         missing = n * len(self.entries)
         while missing:
-            self._dispatch(queue, items)
+            self._dispatch(queue, items, columns)
             missing -= self._wait_and_collect(outcomes, queue)
         return self._result(outcomes, time.monotonic() - t0)
 
@@ -174,13 +175,15 @@ class VerifierScorer:
             chunks += [(v, list(range(a, min(n, a + size)))) for a in range(0, n, size)]
         return chunks
 
-    def _dispatch(self, queue: deque, items: list[Item]) -> None:
+    def _dispatch(self, queue: deque, items: list[Item], columns: list[str] | None) -> None:
         for slot in self.slots:
             if not queue:
                 return
             if slot.ready_ref is None and slot.task is None:
                 v, indices = queue.popleft()
-                stream = slot.actor.score.remote(v, [items[i] for i in indices])
+                chunk = [items[i] for i in indices]
+                names = columns if self.modes[v] == "batch" else None
+                stream = slot.actor.score.remote(v, chunk, names)
                 deadline = time.monotonic() + self.timeout_s + self.grace_s
                 slot.task = _Task(v, indices, self.modes[v], stream, deadline)
 

@@ -63,8 +63,14 @@ class VerifierWorker:
         return os.getpid()
 
     @ray.method(num_returns="streaming")
-    def score(self, verifier: int, items: list[Item]) -> Iterator[tuple[int, Outcome]]:
+    def score(
+        self, verifier: int, items: list[Item], columns: list[str] | None = None
+    ) -> Iterator[tuple[int, Outcome]]:
         """Score `items` with verifier number `verifier`.
+
+        `columns` are the extra columns a batched verifier receives as lists (None: those of
+        these items); the pool passes those of the whole batch, so that every chunk's call has
+        the same keywords.
 
         Yields:
             `(position in items, outcome)`, in order for plain verifiers, in completion order
@@ -73,7 +79,7 @@ class VerifierWorker:
         fn, options = self.fns[verifier], self.entries[verifier].args
         mode = call_mode(fn)
         if mode == "batch":
-            yield from self._score_batch(fn, options, items)
+            yield from self._score_batch(fn, options, items, columns)
         elif mode == "async":
             yield from self._score_async(fn, options, items)
         else:
@@ -137,9 +143,13 @@ class VerifierWorker:
             loop.close()
 
     def _score_batch(
-        self, fn: Callable[..., Any], options: dict[str, Any], items: list[Item]
+        self,
+        fn: Callable[..., Any],
+        options: dict[str, Any],
+        items: list[Item],
+        names: list[str] | None,
     ) -> Iterator[tuple[int, Outcome]]:
-        columns = _columns(items)
+        columns = _columns(items, names if names is not None else column_names(items))
         columns.update(options)
         args = (
             [item["prompt"] for item in items],
@@ -185,9 +195,14 @@ def _keywords(item: Item, options: dict[str, Any]) -> dict[str, Any]:
     return {**extras, **options} if options else dict(extras)
 
 
-def _columns(items: list[Item]) -> dict[str, list[Any]]:
-    """Extra columns as lists (None where a sample lacks one), for batched verifiers."""
+def column_names(items: list[Item]) -> list[str]:
+    """Every extra column of `items`, in order of first appearance."""
     names: dict[str, None] = {}
     for item in items:
         names.update(dict.fromkeys(item.get("extras") or {}))
+    return list(names)
+
+
+def _columns(items: list[Item], names: list[str]) -> dict[str, list[Any]]:
+    """Extra columns as lists (None where a sample lacks one), for batched verifiers."""
     return {name: [(item.get("extras") or {}).get(name) for item in items] for name in names}
