@@ -268,7 +268,8 @@ class VerifierScorer:
         label = self.entries[task.verifier].label
         unreported = [i for p, i in enumerate(task.indices) if p not in task.reported]
         if task.mode == "sync" or len(unreported) == 1:
-            culprits, rest = unreported[:1], [unreported[1:]]
+            # The rest of the chunk is split, so that another hang in it meets a free worker.
+            culprits, rest = unreported[:1], _split(unreported[1:], len(self.slots))
         elif task.mode == "batch":
             culprits, rest = unreported, []  # the hung call was the batch itself
         else:  # async: which coroutine blocked the loop is unknown; retry them one by one
@@ -339,6 +340,11 @@ class VerifierScorer:
     def shutdown(self) -> None:
         for slot in self.slots:
             ray.kill(slot.actor, no_restart=True)
+
+
+def _split(indices: list[int], parts: int) -> list[list[int]]:
+    size = max(1, math.ceil(len(indices) / parts))
+    return [indices[a : a + size] for a in range(0, len(indices), size)]
 
 
 def _user_error(err: BaseException | None) -> RLStackError | None:
