@@ -229,7 +229,7 @@ def print_report(
             line += f" [{outcome.failure}: {outcome.message}]"
         line += f"  response {_clip(rows[i]['response'])}  reference {_clip(rows[i]['reference'])}"
         if outcome.details is not None:
-            line += f"  details {_clip(outcome.details)}"
+            line += f"  details {_clip(outcome.details, quote=False)}"
         print(line)
 
 
@@ -255,7 +255,9 @@ def print_verifier_list() -> None:
         print(f"{name:<{width}}  {origin}: {description}")
 
 
-def _clip(value: Any) -> str:
+def _clip(value: Any, quote: bool = True) -> str:
+    """A short one-line form: strings quoted (whitespace shows), other values as JSON."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = repr(text) if len(text) <= EXAMPLE_CHARS else repr(text[: EXAMPLE_CHARS - 3] + "...")
-    return text
+    if len(text) > EXAMPLE_CHARS:
+        text = text[: EXAMPLE_CHARS - 3] + "..."
+    return repr(text) if quote else text

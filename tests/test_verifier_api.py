@@ -3,6 +3,8 @@
 import math
 import sys
 import textwrap
+from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -173,3 +175,23 @@ def test_scoring_keys_are_validated_and_the_old_string_form_still_loads():
     ]:
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
+
+
+def test_documented_example_verifiers_work_as_the_docs_say():
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "my_verifiers.py"
+    entries = parse_verifier_entries(
+        [
+            {"name": f"{example}:boxed_answer"},
+            {"name": f"{example}:concise", "args": {"max_chars": 14}},
+            {"name": f"{example}:numeric_async"},
+        ]
+    )
+    worker = VerifierWorker(entries, timeout_s=5.0)
+    batch = [
+        {"prompt": "6*7", "response": "so \\boxed{42}", "reference": "42"},
+        {"prompt": "6*7", "response": "I think it is 41", "reference": "42"},
+    ]
+    boxed, concise, numeric = (worker.score_all(v, batch) for v in range(3))
+    assert boxed == [(1.0, None, {"answer": "42"}, None), (0.0, None, {"reason": ANY}, None)]
+    assert [o.score for o in concise] == [1.0, 0.0]  # 13 and 16 characters; limit 14
+    assert [o.score for o in numeric] == [1.0, 0.0]
