@@ -6,9 +6,9 @@ Workload: 256 arithmetic samples (half correct), scored by a combination of the 
 `numeric` verifier and a slow one that sleeps 50 ms per call (a stand-in for a sandboxed test
 run or a remote judge). "Serial" calls both verifiers for every sample in this process
 (`VerifierWorker.score_all`, no Ray); the pool runs on a private local Ray with 1-8 workers of
-0.1 CPU each. A last case makes 4 samples hang in the slow verifier until their 2 s deadline:
-the pool kills and replaces those workers and finishes; a serial scorer would never return. The
-hanging samples are spread over the batch (every 64th).
+0.1 CPU each. The built-in alone (microseconds a call) shows the pool's own cost. A last case
+makes 4 samples (every 64th) hang in the slow verifier until their 2 s deadline: the pool kills
+and replaces those workers and finishes; a serial scorer would never return.
 
 Verifications are verifier calls (samples x verifiers). Pool times exclude starting the workers
 (reported apart). Runs in about a minute and a half on 2 cores.
@@ -59,30 +59,33 @@ def workload(hangs: int = 0) -> list[dict]:
     return items
 
 
-def entries() -> list[dict]:
-    return [
+def entries(slow: bool = True) -> list[dict]:
+    both = [
         {"name": "numeric", "weight": 1.0},
         {"name": f"{Path(__file__).resolve()}:slow_check", "weight": 0.1, "label": "slow"},
     ]
+    return both if slow else both[:1]
 
 
-def serial(items: list[dict]) -> dict:
+def serial(items: list[dict], slow: bool = True) -> dict:
     from rlstack.scorers.verifier_worker import VerifierWorker
     from rlstack.verifiers import parse_verifier_entries
 
-    worker = VerifierWorker(parse_verifier_entries(entries()), timeout_s=10.0)
+    worker = VerifierWorker(parse_verifier_entries(entries(slow)), timeout_s=10.0)
     t0 = time.monotonic()
     for v in range(len(worker.entries)):
         worker.score_all(v, items)
     return _figures(len(items), len(worker.entries), time.monotonic() - t0)
 
 
-def pool(items: list[dict], workers: int, env: dict, timeout_s: float = 10.0) -> dict:
+def pool(
+    items: list[dict], workers: int, env: dict, timeout_s: float = 10.0, slow: bool = True
+) -> dict:
     from rlstack.scorers.verifier import VerifierScorer
 
     t0 = time.monotonic()
     scorer = VerifierScorer(
-        entries(), 0.0, num_workers=workers, timeout_s=timeout_s, grace_s=0.5, env_vars=env
+        entries(slow), 0.0, num_workers=workers, timeout_s=timeout_s, grace_s=0.5, env_vars=env
     ).start()
     start_s = time.monotonic() - t0
     try:
@@ -119,6 +122,7 @@ def main() -> int:
     }
     results: dict[str, dict] = {}
     results["serial (one process)"] = serial(workload())
+    results["numeric alone, serial"] = serial(workload(), slow=False)
     print("serial:", results["serial (one process)"], flush=True)
 
     ray.init(
@@ -132,19 +136,21 @@ def main() -> int:
         for n in WORKERS:
             results[f"pool, {n} worker(s)"] = pool(workload(), n, env)
             print(f"pool {n}:", results[f"pool, {n} worker(s)"], flush=True)
+        results["numeric alone, pool of 2"] = pool(workload(), 2, env, slow=False)
         name = f"pool, 4 workers, {HANGS} samples hang ({HANG_TIMEOUT_S:g} s deadline)"
         results[name] = pool(workload(HANGS), 4, env, timeout_s=HANG_TIMEOUT_S)
         print(f"{name}:", results[name], flush=True)
     finally:
         ray.shutdown()
 
-    base = results["serial (one process)"]["seconds"]
     print(f"\n{SAMPLES} samples x 2 verifiers (numeric + 50 ms sleep); {machine['cpus']} cores")
     print("| case | seconds | verifications/s | vs serial | failures | worker start s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
+        base = results["numeric alone, serial" if "alone" in name else "serial (one process)"]
+        base = base["seconds"]
         print(
-            f"| {name} | {r['seconds']:.2f} | {r['verifications_per_s']:.0f} | "
+            f"| {name} | {r['seconds']:.3g} | {r['verifications_per_s']:.0f} | "
             f"{base / r['seconds']:.1f}x | {r.get('failures', {}) or '-'} | "
             f"{r.get('start_s', '-')} |"
         )
