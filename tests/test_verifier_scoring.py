@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+from test_verifier_api import make_distribution
 
 from rlstack.config import load_config
 from rlstack.driver import run_pipeline
@@ -19,7 +20,6 @@ from rlstack.metrics import read_metrics
 from rlstack.scorers.verifier import VerifierScorer
 from rlstack.scorers.verifier_worker import VerifierWorker
 from rlstack.verifiers.combine import VerifierEntry
-from tests.test_verifier_api import make_distribution
 
 PLUGIN = textwrap.dedent(
     """

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.test_cli_errors import assert_one_clear_error
-from tests.test_verifier_api import make_distribution
+from test_cli_errors import assert_one_clear_error
+from test_verifier_api import make_distribution
 
 REPO = Path(__file__).resolve().parents[1]
 
