@@ -254,7 +254,9 @@ HANG_ONCE = textwrap.dedent(
 )
 
 
-def test_grpo_run_with_a_hanging_verifier_completes(ray_local, tmp_path):
+def test_grpo_run_with_a_hanging_verifier_and_a_weighted_reward_model_completes(
+    ray_local, tmp_path
+):
     plugin = tmp_path / "hang_once.py"
     plugin.write_text(f"MARK = {str(tmp_path / 'hung')!r}\n" + HANG_ONCE)
     verifiers = f"[{{name: numeric, weight: 1.0}}, {{name: '{plugin}:score', weight: 0.5}}]"
@@ -269,9 +271,11 @@ def test_grpo_run_with_a_hanging_verifier_completes(ray_local, tmp_path):
             "model.max_seq_len=128",
             "learner.threads=1",
             "rollout.threads=1",
-            "stages=[pretrain,grpo]",
+            "stages=[pretrain,reward_model,grpo]",
             "pretrain.steps=2",
             "pretrain.seq_len=64",
+            "reward_model.steps=2",
+            "reward_model.batch_size=4",
             "grpo.steps=2",
             "grpo.prompts_per_step=4",
             "grpo.samples_per_prompt=4",
@@ -280,6 +284,7 @@ def test_grpo_run_with_a_hanging_verifier_completes(ray_local, tmp_path):
             f"grpo.verifier={verifiers}",
             "grpo.verifier_timeout_s=1.0",
             "grpo.failure_score=-1.0",
+            "grpo.reward_model_weight=0.25",
         ],
     )
     t0 = time.monotonic()
@@ -293,7 +298,9 @@ def test_grpo_run_with_a_hanging_verifier_completes(ray_local, tmp_path):
     timeouts += sum(r.get("eval/failures", 0) for r in rows if "eval/reward_mean" in r)
     assert timeouts == 1
     for r in steps:
-        assert {"reward/numeric", "reward/score"} <= set(r)
-        assert math.isfinite(r["policy_loss"]) and math.isfinite(r["reward_mean"])
+        # The reward is numeric + 0.5 x score + 0.25 x reward model, so are the means.
+        parts = r["reward/numeric"] + 0.5 * r["reward/score"] + 0.25 * r["reward/reward_model"]
+        assert r["reward_mean"] == pytest.approx(parts, abs=1e-5)
+        assert math.isfinite(r["policy_loss"])
     assert (run_dir / "checkpoints" / "grpo" / "model.safetensors").is_file()
     assert time.monotonic() - t0 < 600
