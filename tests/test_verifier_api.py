@@ -195,3 +195,24 @@ def test_documented_example_verifiers_work_as_the_docs_say():
     assert boxed == [(1.0, None, {"answer": "42"}, None), (0.0, None, {"reason": ANY}, None)]
     assert [o.score for o in concise] == [1.0, 0.0]  # 13 and 16 characters; limit 14
     assert [o.score for o in numeric] == [1.0, 0.0]
+
+
+def test_reward_parts_follow_their_samples_when_groups_are_refilled_and_selected():
+    from rlstack.stages.rl import Rollout
+
+    def rollout(scores, parts):
+        samples = [{"prompt_index": i // 2, "response_ids": [1]} for i in range(len(scores))]
+        return Rollout(
+            prompt_ids=[[1]] * (len(scores) // 2),
+            rows=[{"prompt": "p"}] * (len(scores) // 2),
+            samples=samples,
+            scores=scores,
+            components={"numeric": parts},
+        )
+
+    pool = rollout([1.0, 1.0, 0.0, 1.0], [0.1, 0.2, 0.3, 0.4])
+    pool.extend(rollout([0.0, 1.0], [0.5, 0.6]))
+    assert pool.components == {"numeric": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+    kept = pool.select([[2, 3], [4, 5]])  # the groups whose scores differ
+    assert kept.scores == [0.0, 1.0, 0.0, 1.0]
+    assert kept.components == {"numeric": [0.3, 0.4, 0.5, 0.6]}
