@@ -126,10 +126,6 @@ class VerifierScorer:
         )
         self.slots = [self._new_slot() for _ in range(max(1, num_workers))]
 
-    @property
-    def labels(self) -> list[str]:
-        return [e.label for e in self.entries]
-
     def start(self, timeout_s: float | None = None) -> VerifierScorer:
         """Wait until every worker has loaded its verifiers."""
         deadline = time.monotonic() + (timeout_s or self.start_timeout_s)
