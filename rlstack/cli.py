@@ -1,7 +1,8 @@
-"""Command line: `rlstack run`, `rlstack submit`.
+"""Command line: `rlstack run`, `rlstack submit`, `rlstack verify`.
 
     rlstack run [CONFIG] [--run-dir DIR] [dotted.key=value ...]
     rlstack submit CONFIG --address http://127.0.0.1:8265 [--run-dir DIR] [key=value ...]
+    rlstack verify VERIFIER DATA.jsonl [--json] [--timeout S] [--workers N] [--arg k=v ...]
 
 Without CONFIG, `run` uses the embedded default (configs/smoke.yaml: generated data, a tiny
 model, all five stages). Errors in the user's input print one line and exit with status 2.
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="run a config as a Ray job on a running cluster")
     add_submit_arguments(submit)
     submit.set_defaults(func=run_submit)
+
+    from rlstack.verify import add_verify_arguments, run_verify
+
+    verify = sub.add_parser("verify", help="score a JSONL data set with a verifier and report")
+    add_verify_arguments(verify)
+    verify.set_defaults(func=run_verify)
     return parser
 
 

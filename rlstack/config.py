@@ -180,8 +180,17 @@ class RLConfig:
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
     reward_model: str | None = None  # a reward-model checkpoint; None: the reward_model stage's
-    verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
-    failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
+    verifier: Any = "numeric"  # a spec (built-in name, entry-point name, package.module:function
+    # or path/file.py:function), or a list of {name, weight, args, label} entries whose scores
+    # add up by weight (rlstack/verifiers/combine.py; docs/verifiers.md)
+    failure_score: float = 0.0  # a verifier call's score when it raises, returns a non-number,
+    # times out or its worker dies
+    verifier_timeout_s: float = 10.0  # deadline of one verifier call (one sample, or one call of
+    # a batched verifier), seconds; a late call scores failure_score (kind "timeout")
+    verifier_workers: int = 2  # verifier actors in the scoring pool
+    verifier_cpus_per_worker: float = 0.1  # Ray logical CPUs per verifier actor (fractional)
+    reward_model_weight: float = 0.0  # reward_source verifier: add this x the reward model's
+    # score (0: no reward model; nonzero needs one: the reward_model stage or `reward_model`)
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = True  # True: per-token reward penalty; False: loss term
@@ -388,10 +397,23 @@ def validate(cfg: Config) -> None:
             )
         if rl.reward_source not in ("reward_model", "verifier"):
             raise ConfigError(f"{name}.reward_source: {rl.reward_source!r} is unknown")
+        _check_verifier_keys(rl, name)
         if rl.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"{name}.kl_estimator: {rl.kl_estimator!r} is not k1, k2 or k3")
         if rl.max_staleness not in (0, 1):
             raise ConfigError(f"{name}.max_staleness: only 0 and 1 are supported")
+
+
+def _check_verifier_keys(rl: RLConfig, name: str) -> None:
+    from rlstack.verifiers.combine import parse_verifier_entries
+
+    parse_verifier_entries(rl.verifier, f"{name}.verifier")
+    _positive(rl, name, "verifier_workers")
+    _not_negative(rl, name, "verifier_cpus_per_worker")
+    if not rl.verifier_timeout_s > 0:
+        raise ConfigError(
+            f"{name}.verifier_timeout_s: must be positive, got {rl.verifier_timeout_s}"
+        )
 
 
 def to_yaml(cfg: Config) -> str:

@@ -4,7 +4,8 @@
 - reference: a frozen copy of the starting policy, when the KL coefficient is nonzero;
 - reward_model: a frozen scalar-head model scoring whole sequences (reward_source reward_model);
 - critic: a trainable scalar-head group, started from the reward model (GAE only);
-- verifier: a pool of verifier actors (reward_source verifier);
+- verifier: a pool of verifier actors (reward_source verifier; with reward_model_weight the
+  reward model scores too);
 - rollout: the vLLM engines, started from the policy checkpoint.
 """
 
@@ -50,10 +51,11 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
             "model.init to a checkpoint"
         )
     reward_model_path = c.reward_model or ctx.reward_model_path
-    if c.reward_source == "reward_model" and reward_model_path is None:
+    uses_reward_model = c.reward_source == "reward_model" or c.reward_model_weight != 0
+    if uses_reward_model and reward_model_path is None:
         raise ConfigError(
-            f"{stage}: reward_source is reward_model but no reward model was "
-            "trained; add the reward_model stage before it"
+            f"{stage}: reward_source is reward_model (or reward_model_weight is set) but no "
+            "reward model was trained; add the reward_model stage before it"
         )
     samples = c.prompts_per_step * c.samples_per_prompt
     updates = c.steps * c.epochs * c.minibatches
@@ -61,7 +63,15 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
 
     verifier = None
     if c.reward_source == "verifier":
-        verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
+        verifier = VerifierScorer(
+            c.verifier,
+            c.failure_score,
+            num_workers=c.verifier_workers,
+            cpus_per_worker=c.verifier_cpus_per_worker,
+            timeout_s=c.verifier_timeout_s,
+            env_vars=ctx.env_vars,
+            start_timeout_s=ctx.cfg.ray.start_timeout_s,
+        )
     rollout = RolloutGroup(
         ctx.policy_path,
         vars(ctx.cfg.rollout).copy(),
@@ -86,7 +96,7 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         roles.reference = ctx.learner(
             f"{stage}/reference", "causal_lm", ctx.policy_path, None, 1, samples, start=False
         )
-    if c.reward_source == "reward_model":
+    if uses_reward_model:
         roles.reward_model = ctx.learner(
             f"{stage}/reward_model", "scalar", reward_model_path, None, 1, samples, start=False
         )
@@ -104,7 +114,8 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         )
     timeout = ctx.cfg.ray.start_timeout_s
     try:
-        for part in (roles.policy, roles.reference, roles.reward_model, roles.critic, rollout):
+        parts = (roles.policy, roles.reference, roles.reward_model, roles.critic, rollout, verifier)
+        for part in parts:
             if part is not None:
                 part.start(timeout)
     except BaseException:
