@@ -73,6 +73,7 @@ class SandboxResult:
     stdout: str  # tail
     stderr: str  # tail
     error: str | None = None  # the traceback or reason when it did not pass
+    finished: bool = False  # the code and every test statement ran (some asserts may have failed)
     asserts: int = 0  # top-level assert statements in the tests
     failed: list[dict] = field(default_factory=list)  # failing asserts: line, source, error
     duration_s: float = 0.0
@@ -315,14 +316,14 @@ def _result(
     )
     if report is not None:
         memory = memory or report["memory_error"]
-    passed = (
+    finished = (
         report is not None
         and report["phase"] == "done"
         and report["error"] is None
-        and not report["failed"]
-        and exit_code == 0
+        and exit_code in (0, 1)
         and not timed_out
     )
+    passed = finished and exit_code == 0 and not report["failed"]
 
     if passed:
         error = None
@@ -331,7 +332,10 @@ def _result(
     elif report is not None and (report["error"] or report["failed"]):
         error = report["error"] or f"{len(report['failed'])} of {report['asserts']} asserts failed"
     elif exit_code < 0:
-        error = f"killed by signal {signal.Signals(-exit_code).name}"
+        try:
+            error = f"killed by signal {signal.Signals(-exit_code).name}"
+        except ValueError:
+            error = f"killed by signal {-exit_code}"
     else:
         error = f"ended without a report (exit status {exit_code})"
 
@@ -343,6 +347,7 @@ def _result(
         stdout=stdout,
         stderr=stderr,
         error=error,
+        finished=finished,
         asserts=report["asserts"] if report else 0,
         failed=report["failed"] if report else [],
         duration_s=round(duration_s, 3),
