@@ -273,3 +273,23 @@ def test_processes_left_behind_in_a_new_session_are_killed():
     assert result.passed, result
     time.sleep(0.1)
     assert _gone(int(result.stdout))
+
+
+def test_code_cannot_read_files_outside_the_interpreter_and_its_directory(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("credentials")
+
+    result = run_python(f"print(open({str(secret)!r}).read())")
+
+    assert not result.passed
+    assert "credentials" not in result.stdout
+    assert "sandbox: reading" in result.error
+
+
+def test_code_may_import_the_standard_library_and_installed_packages():
+    code = "import json, collections, fractions, zoneinfo, numpy\nprint(numpy.arange(3).sum())\n"
+
+    result = run_python(code)
+
+    assert result.passed, result.error
+    assert result.stdout.strip() == "3"

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rlstack.errors import PluginError
 from rlstack.verifiers import sandbox_child
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,12 @@ def run_python(
     Returns:
         The result; `passed` only when the child's own end-of-run report says so, so code that
         leaves early with `os._exit(0)` does not pass.
+
+    Raises:
+        PluginError: Not on Linux.
     """
+    if not sys.platform.startswith("linux"):
+        raise PluginError("the code sandbox runs on Linux only")
     limits = limits or SandboxLimits()
     if namespaces is None:
         namespaces = namespaces_available()

@@ -139,7 +139,7 @@ def _set_limits(limits: dict) -> None:
 def _tasks_of_uid(uid: int) -> int:
     """How many tasks (processes and threads) this real uid runs now, as far as /proc shows."""
     count = 0
-    for pid in os.listdir("/proc"):
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
         try:
             if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
                 count += len(os.listdir(f"/proc/{pid}/task"))
@@ -217,8 +217,16 @@ def _forget_ctypes() -> None:
         del sys.modules[name]
 
 
-def _make_hook(root: str):
-    """The audit hook: refuses the events above and writes outside `root`."""
+def _readable_roots(root: str) -> tuple[str, ...]:
+    """Directories the code may read: its own, the interpreter's and its packages', time zones."""
+    places = [root, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    places += [p for p in sys.path if p] + ["/usr/share/zoneinfo"]
+    return tuple(sorted({os.path.realpath(p) for p in places}))
+
+
+def _make_hook(root: str, readable: tuple[str, ...]):
+    """The audit hook: refuses the events above, writes outside `root` and reads outside
+    `readable`."""
     realpath, fspath, fsdecode, commonpath, isdir = (
         os.path.realpath,
         os.fspath,
@@ -237,13 +245,16 @@ def _make_hook(root: str):
         except (TypeError, ValueError):
             return None
 
+    def under(resolved: str, place: str) -> bool:
+        return commonpath([resolved, place]) == place
+
     def inside(path) -> bool:
         if isinstance(path, int):
             return True  # an already open descriptor
         resolved = resolve(path)
         if resolved is None:
             return False
-        return resolved in anywhere or commonpath([resolved, root]) == root
+        return resolved in anywhere or under(resolved, root)
 
     def hook(event: str, args: tuple) -> None:
         if event in blocked or event.startswith(prefixes):
@@ -261,7 +272,7 @@ def _make_hook(root: str):
             if writes:
                 raise violation(f"sandbox: writing {path!r} (outside the sandbox) is not allowed")
             resolved = resolve(path) or ""
-            if resolved == "/proc" or resolved.startswith("/proc/"):
+            if resolved != "/etc/localtime" and not any(under(resolved, p) for p in readable):
                 raise violation(f"sandbox: reading {path!r} is not allowed")
             if isdir(resolved):  # a directory descriptor would let os.open(dir_fd=) escape
                 raise violation(f"sandbox: opening directory {path!r} is not allowed")
@@ -360,7 +371,8 @@ def main() -> None:
     token, code, tests = job["token"], job["code"], job.get("tests")
     write, dumps = os.write, json.dumps
     if job["audit"]:
-        sys.addaudithook(_make_hook(os.path.realpath(job["root"])))
+        root = os.path.realpath(job["root"])
+        sys.addaudithook(_make_hook(root, _readable_roots(root)))
     del job
 
     report = _run(code, tests, {"__name__": "__main__", "__builtins__": __builtins__})
