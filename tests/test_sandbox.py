@@ -293,3 +293,10 @@ def test_code_may_import_the_standard_library_and_installed_packages():
 
     assert result.passed, result.error
     assert result.stdout.strip() == "3"
+
+
+def test_memory_limit_below_what_the_interpreter_needs_reads_as_memory_exceeded():
+    result = run_python("x = 1\n", limits=SandboxLimits(memory_mb=8))
+
+    assert not result.passed
+    assert result.memory_exceeded

@@ -48,6 +48,8 @@ _CHILD = Path(sandbox_child.__file__).resolve()
 # In-namespace ids 0 and NS_UID map to root and to nobody when the parent is root.
 _NOBODY = 65534
 _REPORT_LIMIT = 1 << 20
+# What stderr shows when the interpreter itself runs out of address space.
+_OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "failed to map segment", "out of memory")
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ def _result(
 ) -> SandboxResult:
     timed_out = wall_timeout or exit_code == -signal.SIGXCPU
     memory = exit_code == sandbox_child.MEMORY_EXIT or (
-        report is None and ("MemoryError" in stderr or "out of memory" in stderr.lower())
+        report is None and any(sign in stderr for sign in _OUT_OF_MEMORY)
     )
     if report is not None:
         memory = memory or report["memory_error"]
