@@ -300,3 +300,21 @@ def test_memory_limit_below_what_the_interpreter_needs_reads_as_memory_exceeded(
 
     assert not result.passed
     assert result.memory_exceeded
+
+
+def test_every_failing_assert_is_counted_and_the_first_ones_listed():
+    tests = "".join(f"assert {i} < 10\n" for i in range(100))
+
+    result = run_python("", tests)
+
+    assert result.finished and not result.passed
+    assert (result.asserts, result.failures) == (100, 90)
+    assert len(result.failed) == 20
+    assert result.failed[0] == {"line": 11, "source": "assert 10 < 10", "error": "AssertionError"}
+
+
+def test_sub_interpreters_are_refused():
+    result = run_python("import _xxsubinterpreters\n")
+
+    assert not result.passed
+    assert "sandbox: importing _xxsubinterpreters" in result.error

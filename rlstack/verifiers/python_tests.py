@@ -78,7 +78,7 @@ def python_tests(
     details = {
         "passed": result.passed,
         "asserts": result.asserts,
-        "failed_asserts": len(result.failed),
+        "failed_asserts": result.failures,
         "failed": result.failed[:_SHOWN_FAILURES],
         "error": result.error,
         "timed_out": result.timed_out,
@@ -88,7 +88,7 @@ def python_tests(
     if result.passed:
         return 1.0, details
     if partial_credit and result.finished and result.asserts:
-        return 1.0 - len(result.failed) / result.asserts, details
+        return 1.0 - result.failures / result.asserts, details
     return 0.0, details
 
 

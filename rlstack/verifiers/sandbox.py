@@ -78,7 +78,8 @@ class SandboxResult:
     error: str | None = None  # the traceback or reason when it did not pass
     finished: bool = False  # the code and every test statement ran (some asserts may have failed)
     asserts: int = 0  # top-level assert statements in the tests
-    failed: list[dict] = field(default_factory=list)  # failing asserts: line, source, error
+    failures: int = 0  # of which failed
+    failed: list[dict] = field(default_factory=list)  # the first 20 failures: line, source, error
     duration_s: float = 0.0
     namespaces: bool = False  # whether it ran in its own user and network namespace
 
@@ -263,7 +264,6 @@ def _run(
         "parent_is_root": as_root,
     }
     namespace = None
-    report = b""
     try:
         try:
             proc.stdin.write((json.dumps(job) + "\n").encode())
@@ -331,14 +331,14 @@ def _result(
         and exit_code in (0, 1)
         and not timed_out
     )
-    passed = finished and exit_code == 0 and not report["failed"]
+    passed = finished and exit_code == 0 and not report["failures"]
 
     if passed:
         error = None
     elif timed_out:
         error = "time limit reached" + (" (wall clock)" if wall_timeout else " (CPU)")
-    elif report is not None and (report["error"] or report["failed"]):
-        error = report["error"] or f"{len(report['failed'])} of {report['asserts']} asserts failed"
+    elif report is not None and (report["error"] or report["failures"]):
+        error = report["error"] or f"{report['failures']} of {report['asserts']} asserts failed"
     elif exit_code < 0:
         try:
             error = f"killed by signal {signal.Signals(-exit_code).name}"
@@ -357,6 +357,7 @@ def _result(
         error=error,
         finished=finished,
         asserts=report["asserts"] if report else 0,
+        failures=report["failures"] if report else 0,
         failed=report["failed"] if report else [],
         duration_s=round(duration_s, 3),
         namespaces=namespaces,

@@ -28,6 +28,8 @@ import traceback
 
 # Exit status when the code or the tests raised MemoryError.
 MEMORY_EXIT = 3
+# Failing asserts described in the report (all are counted).
+MAX_LISTED_FAILURES = 20
 # The in-namespace ids the sandboxed code runs as when the parent is root (mapped to nobody).
 NS_UID = NS_GID = 1
 
@@ -83,8 +85,20 @@ _BLOCKED_PREFIXES = (
     "_winapi.",
     "msvcrt.",
 )
-# Modules whose import is refused: native-code access and raw process creation.
-_BLOCKED_MODULES = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters"})
+# Modules whose import is refused: native-code access, raw process creation, and
+# sub-interpreters (audit hooks belong to one interpreter; a new one would start without).
+_BLOCKED_MODULES = frozenset(
+    {
+        "ctypes",
+        "_ctypes",
+        "_posixsubprocess",
+        "_xxsubinterpreters",
+        "_interpreters",
+        "_xxinterpchannels",
+        "_interpchannels",
+        "_interpqueues",
+    }
+)
 # Events that change the file system at the path(s) given as their first argument(s).
 _PATH_EVENTS = {
     "os.remove": 1,
@@ -310,7 +324,14 @@ def _run(code: str, tests: str | None, namespace: dict) -> dict:
     _show_source("solution.py", code)
     if tests is not None:
         _show_source("tests.py", tests)
-    report = {"phase": "code", "error": None, "asserts": 0, "failed": [], "memory_error": False}
+    report = {
+        "phase": "code",
+        "error": None,
+        "asserts": 0,
+        "failures": 0,
+        "failed": [],
+        "memory_error": False,
+    }
     try:
         try:
             exec(compile(code, "solution.py", "exec"), namespace)
@@ -334,7 +355,9 @@ def _run(code: str, tests: str | None, namespace: dict) -> dict:
                 except MemoryError:
                     raise
                 except BaseException as exc:  # noqa: B036 - SystemExit inside an assert fails it
-                    report["failed"].append(_assert_failure(node, tests, exc))
+                    report["failures"] += 1
+                    if len(report["failed"]) < MAX_LISTED_FAILURES:
+                        report["failed"].append(_assert_failure(node, tests, exc))
             else:
                 try:
                     exec(statement, namespace)
@@ -384,7 +407,7 @@ def main() -> None:
     write(report_fd, ("\n" + token + " " + dumps(report) + "\n").encode())
     if report["memory_error"]:
         os._exit(MEMORY_EXIT)
-    os._exit(0 if report["error"] is None and not report["failed"] else 1)
+    os._exit(0 if report["error"] is None and not report["failures"] else 1)
 
 
 if __name__ == "__main__":
