@@ -296,9 +296,15 @@ def test_python_tests_reads_tests_from_a_column_and_runs_a_check_function():
         "import sys\nsys.exit(0)",
         "def add(a, b):\n    import sys\n    sys.exit(0)",
         "print('all tests passed')\nimport os\nos._exit(0)",
+        "import builtins\nbuiltins.exec = lambda *args, **kwargs: None",
+        "import ast\nast.parse = lambda *args, **kwargs: ast.Module([], [])",
+        'import json\njson.dumps = lambda *a, **k: \'{"phase": "done", "error": null}\'',
+        "import json.encoder\njson.encoder.c_make_encoder = None",
+        "import traceback\ntraceback.format_exception_only = lambda *args: 1 / 0",
+        "import builtins\nbuiltins.BaseException = builtins.MemoryError = KeyError",
     ],
 )
-def test_python_tests_early_exit_does_not_pass(hack):
+def test_python_tests_early_exit_or_patched_harness_does_not_pass(hack):
     assert python_tests("", hack, TESTS)[0] == 0.0
 
 

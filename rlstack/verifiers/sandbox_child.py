@@ -300,14 +300,6 @@ def _make_hook(root: str, readable: tuple[str, ...]):
     return hook
 
 
-def _assert_failure(node: ast.stmt, source: str, exc: BaseException) -> dict:
-    return {
-        "line": node.lineno,
-        "source": ast.get_source_segment(source, node) or "",
-        "error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:],
-    }
-
-
 def _show_source(filename: str, source: str) -> None:
     """Let tracebacks quote lines of the code and tests, which exist in no file."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -319,11 +311,32 @@ def _format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))[-4000:]
 
 
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
+
+
+def _compile_tests(tests: str) -> list[tuple]:
+    """Each top-level statement of the tests: (code object, is an assert, line, source)."""
+    return [
+        (
+            compile(ast.Module([node], []), "tests.py", "exec"),
+            isinstance(node, ast.Assert),
+            node.lineno,
+            ast.get_source_segment(tests, node) or "",
+        )
+        for node in ast.parse(tests, "tests.py").body
+    ]
+
+
 def _run(code: str, tests: str | None, namespace: dict) -> dict:
-    """Run the code, then the tests statement by statement; the report as a dict."""
-    _show_source("solution.py", code)
-    if tests is not None:
-        _show_source("tests.py", tests)
+    """Run the code, then the tests statement by statement; the report as a dict.
+
+    Everything the run depends on after the code starts (the compiled tests, `exec`, the
+    exception classes) is bound here first, so code that replaces builtins or patches modules
+    cannot skip the tests.
+    """
+    run, listed, describe, format_error = exec, MAX_LISTED_FAILURES, _describe, _format_error
+    memory_error, system_exit, base_exception = MemoryError, SystemExit, BaseException
     report = {
         "phase": "code",
         "error": None,
@@ -333,43 +346,66 @@ def _run(code: str, tests: str | None, namespace: dict) -> dict:
         "memory_error": False,
     }
     try:
+        _show_source("solution.py", code)
+        statements = None
+        if tests is not None:
+            _show_source("tests.py", tests)
+            statements = _compile_tests(tests)
+        compiled = compile(code, "solution.py", "exec")
+    except BaseException as exc:  # noqa: B036 - a syntax error, or out of memory already
+        report["error"] = format_error(exc)
+        return report
+
+    try:
         try:
-            exec(compile(code, "solution.py", "exec"), namespace)
-        except SystemExit as exc:
+            run(compiled, namespace)
+        except system_exit as exc:
             # With tests, a script's sys.exit() ends the code, not the run: the tests decide.
-            if tests is None and exc.code not in (None, 0):
+            if statements is None and exc.code not in (None, 0):
                 report["error"] = f"SystemExit: {exc.code}"
                 return report
-        if tests is None:
+        if statements is None:
             report["phase"] = "done"
             return report
 
         report["phase"] = "tests"
-        tree = ast.parse(tests, "tests.py")
-        for node in tree.body:
-            statement = compile(ast.Module([node], []), "tests.py", "exec")
-            if isinstance(node, ast.Assert):
-                report["asserts"] += 1
+        for statement, is_assert, line, source in statements:
+            if not is_assert:
                 try:
-                    exec(statement, namespace)
-                except MemoryError:
-                    raise
-                except BaseException as exc:  # noqa: B036 - SystemExit inside an assert fails it
-                    report["failures"] += 1
-                    if len(report["failed"]) < MAX_LISTED_FAILURES:
-                        report["failed"].append(_assert_failure(node, tests, exc))
-            else:
-                try:
-                    exec(statement, namespace)
-                except SystemExit as exc:
+                    run(statement, namespace)
+                except system_exit as exc:
                     raise RuntimeError(f"the tests exited early (SystemExit: {exc.code})") from exc
+                continue
+            report["asserts"] += 1
+            try:
+                run(statement, namespace)
+            except memory_error:
+                raise
+            except base_exception as exc:  # noqa: B036 - SystemExit inside an assert fails it
+                report["failures"] += 1
+                if len(report["failed"]) < listed:
+                    report["failed"].append({"line": line, "source": source, "error": ""})
+                    report["failed"][-1]["error"] = describe(exc)
         report["phase"] = "done"
-    except MemoryError:
+    except memory_error:
         report["memory_error"] = True
         report["error"] = "MemoryError: the sandbox's memory limit was reached"
-    except BaseException as exc:  # noqa: B036 - everything the sandboxed code raises is reported
-        report["error"] = _format_error(exc)
+    except base_exception as exc:  # noqa: B036 - everything the sandboxed code raises is reported
+        report["error"] = format_error(exc)
     return report
+
+
+def _report_encoder():
+    """A JSON encoder made of C functions only, bound before the code can patch `json`."""
+    from json import encoder
+
+    if encoder.c_make_encoder is None:
+        return json.dumps
+    make = encoder.c_make_encoder(
+        None, repr, encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    join = "".join
+    return lambda report: join(make(report, 0))
 
 
 def main() -> None:
@@ -392,7 +428,7 @@ def main() -> None:
     os.umask(0o077)
 
     token, code, tests = job["token"], job["code"], job.get("tests")
-    write, dumps = os.write, json.dumps
+    write, encode, exit_now = os.write, _report_encoder(), os._exit
     if job["audit"]:
         root = os.path.realpath(job["root"])
         sys.addaudithook(_make_hook(root, _readable_roots(root)))
@@ -404,10 +440,10 @@ def main() -> None:
         sys.stderr.flush()
     except BaseException:  # noqa: B036 - the report matters more than a broken stream
         pass
-    write(report_fd, ("\n" + token + " " + dumps(report) + "\n").encode())
+    write(report_fd, ("\n" + token + " " + encode(report) + "\n").encode())
     if report["memory_error"]:
-        os._exit(MEMORY_EXIT)
-    os._exit(0 if report["error"] is None and not report["failures"] else 1)
+        exit_now(MEMORY_EXIT)
+    exit_now(0 if report["error"] is None and not report["failures"] else 1)
 
 
 if __name__ == "__main__":
