@@ -13,7 +13,9 @@ hook, runs the code and then the tests, and reports on a pipe of its own. Protec
   code runs as an unprivileged user (nobody outside the namespace) that may read root's files but
   not write them, with no capabilities but reading, and set-user-id programs do not elevate it;
 - a PEP 578 audit hook (see sandbox_child.py): no sockets, no new processes, no ctypes, no writes
-  outside the directory, no reading /proc.
+  outside the directory, no reads outside it, the interpreter and the installed packages.
+
+Linux only. See docs/verifiers-builtin.md ("Code sandbox") for the full list and the limits.
 
 The audit hook is not a security boundary: it cannot stop native code, and Python code that
 walks the interpreter's frames can find the token that marks a passing report. Without namespaces
