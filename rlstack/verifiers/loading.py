@@ -32,7 +32,11 @@ from typing import Any
 
 from rlstack.errors import PluginError
 from rlstack.verifiers.exact import exact_match
+from rlstack.verifiers.format import think_answer
+from rlstack.verifiers.json_schema import json_schema
 from rlstack.verifiers.numeric import numeric_match
+from rlstack.verifiers.python_tests import python_tests
+from rlstack.verifiers.regex import regex_match
 
 Verifier = Callable[..., float]
 
@@ -40,6 +44,10 @@ BUILTIN_VERIFIERS: dict[str, Verifier] = {
     "numeric": numeric_match,
     "gsm8k": numeric_match,
     "exact_match": exact_match,
+    "regex": regex_match,
+    "think_answer": think_answer,
+    "json_schema": json_schema,
+    "python_tests": python_tests,
 }
 
 
