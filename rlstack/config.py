@@ -176,7 +176,10 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
-    reward_model: str | None = None  # a reward-model checkpoint; None: the reward_model stage's
+    reward_model: str | None = None  # a reward-model checkpoint, or the http://host:port URL of
+    # `rlstack serve-rm` (the critic then starts from the policy); None: the reward_model stage's
+    reward_timeout_s: float = 60.0  # seconds per request to a reward-model server
+    reward_retries: int = 3  # further tries of a request that could not connect or timed out
     verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
     failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
@@ -362,7 +365,11 @@ def validate(cfg: Config) -> None:
             "max_sampling_tries",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
-        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef")
+        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries")
+        if rl.reward_timeout_s <= 0:
+            raise ConfigError(
+                f"{name}.reward_timeout_s: must be positive, got {rl.reward_timeout_s}"
+            )
         if rl.prompts_per_step * rl.samples_per_prompt < rl.minibatches:
             raise ConfigError(f"{name}.minibatches: more minibatches than samples per step")
         if rl.advantage not in ADVANTAGES:
