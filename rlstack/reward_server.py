@@ -13,8 +13,6 @@ batches of `--batch-size` sequences, one batch at a time (concurrent requests qu
 model; they are not merged into shared batches). See docs/reward-server.md.
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import socket
