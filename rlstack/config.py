@@ -182,6 +182,10 @@ class RLConfig:
     reward_retries: int = 3  # further tries of a request that could not connect or timed out
     verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
     failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
+    verifier_workers: int = 1  # verifier actors; each batch of samples is split across them
+    verifier_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
+    # each verifier actor asks for, e.g. {verifier_slot: 1} on a cluster whose nodes offer one
+    # verifier_slot each puts at most one verifier actor on a node
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = True  # True: per-token reward penalty; False: loss term
@@ -363,6 +367,7 @@ def validate(cfg: Config) -> None:
             "epochs",
             "minibatches",
             "max_sampling_tries",
+            "verifier_workers",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
         _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries")

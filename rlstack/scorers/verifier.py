@@ -14,6 +14,8 @@ from typing import Any
 
 import ray
 
+from rlstack.errors import RLStackError
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,6 +57,18 @@ class VerifierWorker:
         return None, value
 
 
+def _check_resources(count: int, each: dict[str, float]) -> None:
+    """Fail at once, instead of waiting forever, when the cluster lacks custom resources."""
+    total = ray.cluster_resources()
+    for kind, amount in each.items():
+        if count * amount > total.get(kind, 0) + 1e-9:
+            raise RLStackError(
+                f"verifier: {count} actor(s) x {amount:g} {kind} = {count * amount:g}, but the "
+                f"cluster offers {total.get(kind, 0):g} {kind}; start nodes with that resource "
+                "or lower verifier_workers / verifier_resources"
+            )
+
+
 class VerifierScorer:
     """A pool of `num_workers` verifier actors; a batch is split across them."""
 
@@ -65,13 +79,17 @@ class VerifierScorer:
         num_workers: int = 1,
         cpus_per_worker: float = 0.1,
         env_vars: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         # Fail early, in the driver, with a clear message when the spec does not load.
         from rlstack.verifiers import load_verifier
 
         load_verifier(spec)
+        _check_resources(num_workers, resources or {})
         actor = ray.remote(VerifierWorker).options(
-            num_cpus=cpus_per_worker, runtime_env={"env_vars": dict(env_vars or {})}
+            num_cpus=cpus_per_worker,
+            resources=dict(resources or {}),
+            runtime_env={"env_vars": dict(env_vars or {})},
         )
         self.workers = [actor.remote(spec, failure_score) for _ in range(num_workers)]
 

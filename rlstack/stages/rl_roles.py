@@ -70,7 +70,13 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
 
     verifier = None
     if c.reward_source == "verifier":
-        verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
+        verifier = VerifierScorer(
+            c.verifier,
+            c.failure_score,
+            num_workers=c.verifier_workers,
+            resources=c.verifier_resources,
+            env_vars=ctx.env_vars,
+        )
     rollout = RolloutGroup(
         ctx.policy_path,
         vars(ctx.cfg.rollout).copy(),
