@@ -19,9 +19,9 @@ What the job carries (its runtime_env):
   512 MiB zipped: keep large data sets on storage the nodes share, named by absolute path.
 - py_modules: the rlstack package this command runs from, so the nodes need the dependencies
   only, not rlstack itself, and always run the code that was submitted. A verifier .py file the
-  config names outside the working_dir travels here too, copied under a module name unique to
-  its content (`rlstack_verifier_<stem>_<hash>`), and the job's command gets an override that
-  names the verifier by that module; it then loads on every node without the original path.
+  config names outside the working_dir travels here too, copied into a package named after its
+  content (`rlstack_verifier_<stem>_<hash>/<stem>.py`), and the job's command gets an override
+  that names the verifier as that module; it then loads on every node without the original path.
   Such a file travels alone: it may import rlstack and installed packages, not files beside it
   (keep a verifier made of several files inside the working_dir). A verifier file inside the
   working_dir named by absolute path is renamed relative to it.
@@ -397,10 +397,11 @@ def stage_verifier_files(
 ) -> tuple[list[str], list[str]]:
     """Copy verifier .py files that the config names outside the working_dir into `staging`.
 
-    Each such file travels as a py_module of its own under a name unique to its content
-    (`rlstack_verifier_<stem>_<hash>`), and the stage's verifier is renamed to that module by an
-    override appended to the job's command. Files inside the working_dir travel with it and are
-    left alone; a file that does not exist here is left to the cluster (with a warning).
+    Each such file travels as a py_module of its own, a package named after its content
+    (`rlstack_verifier_<stem>_<hash>/<stem>.py`), and the stage's verifier is renamed to that
+    module by an override appended to the job's command. Files inside the working_dir travel
+    with it (an absolute path to one is made relative); a file that does not exist here is left
+    to the cluster (with a warning).
 
     Returns:
         The staged files (for py_modules) and the `<stage>.verifier=...` overrides.
@@ -446,11 +447,13 @@ def _stage_spec(spec: str, working_dir: Path, staging: Path, modules: list[str])
             "verifier file %s does not exist here; the cluster must hold it at that path", path
         )
         return spec
+    # A package folder of its own: Ray's job client uploads py_modules folders, not files.
     digest = hashlib.sha1(path.read_bytes()).hexdigest()[:10]
     stem = re.sub(r"\W", "_", path.stem)
-    module = f"rlstack_verifier_{stem}_{digest}"
-    target = staging / f"{module}.py"
-    if not target.exists():
-        shutil.copyfile(path, target)
-        modules.append(str(target))
-    return f"{module}:{attribute}"
+    package = staging / f"rlstack_verifier_{stem}_{digest}"
+    if not package.exists():
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        shutil.copyfile(path, package / f"{stem}.py")
+        modules.append(str(package))
+    return f"{package.name}.{stem}:{attribute}"

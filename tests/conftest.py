@@ -106,49 +106,68 @@ def ray_jobs_address(ray_head: dict[str, str]) -> str:
     return ray_head["address"]
 
 
+# A worker node for the loopback head. `ray start --address` cannot join on loopback: it refuses
+# to join while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the loopback switch), and with it on it
+# rewrites a 127.0.0.1 head address to the machine's outward IP. This starts the node through
+# Ray's own node API (as ray.cluster_utils does for its multi-node tests on one machine).
+WORKER_NODE_SCRIPT = """
+import json, signal, sys, time
+import ray._private.node, ray._private.parameter
+args = json.loads(sys.argv[1])
+params = ray._private.parameter.RayParams(node_ip_address="127.0.0.1", **args)
+node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
+def stop(*_):
+    node.kill_all_processes(check_alive=False, allow_graceful=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("node started", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
 @pytest.fixture
 def second_node(ray_head: dict, tmp_path: Path) -> Iterator[None]:
     """A worker node (1 CPU, one NODE_SLOT) joined to the loopback head for one test.
 
-    `ray start --address --block` on 127.0.0.1 with its own temp dir and explicit ports; returns
-    once the head counts two NODE_SLOTs, stopped with every process it started at teardown.
+    Every port explicit and on 127.0.0.1, a temp dir of its own; returns once the head counts
+    two NODE_SLOTs; stopped with every process it started at teardown.
     """
-    options = [o for o in RAY_PORT_OPTIONS if o in WORKER_PORT_OPTIONS]
-    ports = dict(zip(options, free_ports(len(options)), strict=True))
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        f"--address={ray_head['gcs']}",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        f'--resources={{"{NODE_SLOT}": 1}}',
-        f"--temp-dir={tmp_path / 'ray'}",
-        "--min-worker-port=0",
-        "--max-worker-port=0",
-        "--disable-usage-stats",
-        *(f"--{option}={port}" for option, port in ports.items()),
+    names = [
+        "node_manager_port",
+        "object_manager_port",
+        "dashboard_agent_listen_port",
+        "metrics_agent_port",
+        "runtime_env_agent_port",
+        "metrics_export_port",
     ]
+    args = dict(zip(names, free_ports(len(names)), strict=True))
+    args.update(
+        gcs_address=ray_head["gcs"],
+        num_cpus=1,
+        num_gpus=0,
+        resources={NODE_SLOT: 1},
+        temp_dir=tempfile.mkdtemp(prefix="rlstack-ray-node-"),  # short: holds unix sockets
+        min_worker_port=0,
+        max_worker_port=0,
+        object_store_memory=150 * 1024**2,
+        include_log_monitor=False,
+    )
     log_path = tmp_path / "ray-node.log"
     with open(log_path, "w") as log:
         node = subprocess.Popen(
-            command, env=ray_head["env"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+            [sys.executable, "-c", WORKER_NODE_SCRIPT, json.dumps(args)],
+            env=ray_head["env"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     try:
         wait_for_slots(ray_head["address"], 2, node, log_path)
         yield
     finally:
         stop_process_tree(node)
-
-
-WORKER_PORT_OPTIONS = (
-    "node-manager-port",
-    "object-manager-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "runtime-env-agent-port",
-    "metrics-export-port",
-)
+        shutil.rmtree(args["temp_dir"], ignore_errors=True)
 
 
 def wait_for_slots(address: str, count: int, node: subprocess.Popen, log_path: Path) -> None:

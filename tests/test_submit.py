@@ -66,7 +66,7 @@ def score(prompt, response, reference, **extras):
 GRPO_CONFIG = """\
 stages: [pretrain, grpo]
 model: {{hidden_size: 64, num_heads: 2, num_kv_heads: 1, ffn_size: 128, expert_size: 64,
-        max_seq_len: 96}}
+        max_seq_len: 128}}
 learner: {{threads: 1}}
 rollout: {{threads: 1}}
 pretrain: {{steps: 3, batch_size: 2, seq_len: 32, eval_every: 3}}
@@ -107,7 +107,8 @@ def test_verifier_file_outside_the_working_dir_runs_on_every_node(
     for marker in calls:
         ran_from = Path(marker.read_text())
         assert ran_from != plugin and not ran_from.is_relative_to(plugin_dir)
-        assert ran_from.name.startswith("rlstack_verifier_marker_verifier_")
+        assert ran_from.name == "marker_verifier.py"
+        assert ran_from.parent.name.startswith("rlstack_verifier_marker_verifier_")
 
 
 def test_verifier_files_outside_the_working_dir_are_staged_as_modules(
@@ -128,10 +129,15 @@ def test_verifier_files_outside_the_working_dir_are_staged_as_modules(
         experiment_dir / "rl.yaml", experiment_dir, [], staging
     )
 
-    assert len(modules) == 1 and Path(modules[0]).read_text() == plugin.read_text()
-    module = Path(modules[0]).stem
-    assert module.startswith("rlstack_verifier_my_check_")
-    assert overrides == [f'grpo.verifier="{module}:score"', 'ppo.verifier="inside.py:score"']
+    assert (
+        len(modules) == 1 and (Path(modules[0]) / "my_check.py").read_text() == plugin.read_text()
+    )
+    package = Path(modules[0]).name
+    assert package.startswith("rlstack_verifier_my_check_")
+    assert overrides == [
+        f'grpo.verifier="{package}.my_check:score"',
+        'ppo.verifier="inside.py:score"',
+    ]
 
 
 def test_job_past_its_timeout_is_stopped_and_fails(
