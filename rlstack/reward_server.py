@@ -49,7 +49,12 @@ class RewardModel:
         if not (path / "config.json").is_file():
             what = "does not exist" if not path.exists() else "has no config.json"
             raise ConfigError(f"reward-model checkpoint {checkpoint}: {what}")
-        if not is_scalar_checkpoint(path):
+        try:
+            scalar = is_scalar_checkpoint(path)
+        except ValueError as err:
+            msg = f"reward-model checkpoint {checkpoint}: bad config.json ({err})"
+            raise ConfigError(msg) from None
+        if not scalar:
             raise ConfigError(
                 f"reward-model checkpoint {checkpoint}: not a reward model (a causal LM or "
                 "other model); serve a directory the reward_model stage wrote"
@@ -57,7 +62,7 @@ class RewardModel:
         try:
             self.tokenizer = load_tokenizer(path)
             self.model = load_scalar_model(path).eval()
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # a user's directory: any load failure is their input's
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(
                 f"reward-model checkpoint {checkpoint}: cannot load ({first})"

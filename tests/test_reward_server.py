@@ -251,9 +251,12 @@ def test_url_that_does_not_answer_stops_the_run_with_one_line(checkpoints, tmp_p
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("which", ["missing", "policy"])
+@pytest.mark.parametrize("which", ["missing", "policy", "garbled"])
 def test_bad_checkpoint_is_one_line_and_exit_2(checkpoints, tmp_path, which):
-    path = str(tmp_path / "nowhere") if which == "missing" else checkpoints["policy"]
+    path = {"missing": str(tmp_path / "nowhere"), "policy": checkpoints["policy"]}.get(which)
+    if which == "garbled":
+        path = str(tmp_path)
+        (tmp_path / "config.json").write_text("{not json")
 
     result = rlstack("serve-rm", path, "--port", str(free_ports(1)[0]), timeout=120)
 
