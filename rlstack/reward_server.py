@@ -171,7 +171,10 @@ def listen(host: str, port: int) -> socket.socket:
 def serve(checkpoint: str, host: str, port: int, batch_size: int, threads: int) -> None:
     """Load the checkpoint, then serve until interrupted (SIGINT / SIGTERM)."""
     import uvicorn
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if batch_size < 1 or threads < 1:
         raise ConfigError("serve-rm: --batch-size and --threads must be at least 1")
     torch.set_num_threads(threads)

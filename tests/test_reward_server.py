@@ -21,9 +21,11 @@ from conftest import free_ports
 
 from rlstack.config import load_config
 from rlstack.driver import run_pipeline
+from rlstack.errors import RLStackError
 from rlstack.learner.worker import LearnerWorker, ModelSpec
 from rlstack.metrics import read_metrics
 from rlstack.model.build import load_tokenizer
+from rlstack.scorers.reward_http import RemoteRewardModel
 from rlstack.stages.batches import (
     encode,
     pair_batch,
@@ -273,3 +275,29 @@ def test_port_in_use_is_one_line_and_exit_2(checkpoints, server):
 
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"cannot listen on 127.0.0.1:{server['port']}" in result.stderr
+
+
+def test_client_retries_a_refused_connection_then_fails_with_one_error():
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    client = RemoteRewardModel(url, timeout_s=5, retries=2, key="ppo.reward_model")
+    start = time.monotonic()
+
+    with pytest.raises(RLStackError, match="failed 3 time") as err:
+        client.score(["1+1"], ["2"])
+
+    assert url in str(err.value) and "ppo.reward_model" in str(err.value)
+    assert 1.4 < time.monotonic() - start < 10  # backoff 0.5 s + 1 s between the 3 tries
+
+
+def test_client_reports_a_refused_request_without_retrying(server):
+    client = RemoteRewardModel(server["url"], retries=3)
+    start = time.monotonic()
+
+    with pytest.raises(RLStackError, match="HTTP 422"):
+        client.score(["a", "b"], ["only one"])
+
+    assert time.monotonic() - start < 5
+    assert client.score(["1+1"], ["2"], [True], 112)[0] == pytest.approx(
+        post(f"{server['url']}/score", {"prompts": ["1+1"], "responses": ["2"]})[1]["scores"][0],
+        abs=1e-6,
+    )
