@@ -179,7 +179,10 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
-    reward_model: str | None = None  # a reward-model checkpoint; None: the reward_model stage's
+    reward_model: str | None = None  # a reward-model checkpoint, or the http://host:port URL of
+    # `rlstack serve-rm` (the critic then starts from the policy); None: the reward_model stage's
+    reward_timeout_s: float = 60.0  # seconds per request to a reward-model server
+    reward_retries: int = 3  # further tries of a request that could not connect or timed out
     verifier: Any = "numeric"  # a spec (built-in name, entry-point name, package.module:function
     # or path/file.py:function), or a list of {name, weight, args, label} entries whose scores
     # add up by weight (rlstack/verifiers/combine.py; docs/verifiers.md)
@@ -189,6 +192,9 @@ class RLConfig:
     # a batched verifier), seconds; a late call scores failure_score (kind "timeout")
     verifier_workers: int = 2  # verifier actors in the scoring pool
     verifier_cpus_per_worker: float = 0.1  # Ray logical CPUs per verifier actor (fractional)
+    verifier_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
+    # each verifier actor asks for, e.g. {verifier_slot: 1} on a cluster whose nodes offer one
+    # verifier_slot each puts at most one verifier actor on a node
     reward_model_weight: float = 0.0  # reward_source verifier: add this x the reward model's
     # score (0: no reward model; nonzero needs one: the reward_model stage or `reward_model`)
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
@@ -372,9 +378,14 @@ def validate(cfg: Config) -> None:
             "epochs",
             "minibatches",
             "max_sampling_tries",
+            "verifier_workers",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
-        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef")
+        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries")
+        if rl.reward_timeout_s <= 0:
+            raise ConfigError(
+                f"{name}.reward_timeout_s: must be positive, got {rl.reward_timeout_s}"
+            )
         if rl.prompts_per_step * rl.samples_per_prompt < rl.minibatches:
             raise ConfigError(f"{name}.minibatches: more minibatches than samples per step")
         if rl.advantage not in ADVANTAGES:

@@ -75,6 +75,18 @@ class _Slot:
     task: _Task | None = None
 
 
+def _check_resources(count: int, each: dict[str, float]) -> None:
+    """Fail at once, instead of waiting forever, when the cluster lacks custom resources."""
+    total = ray.cluster_resources()
+    for kind, amount in each.items():
+        if count * amount > total.get(kind, 0) + 1e-9:
+            raise RLStackError(
+                f"verifier: {count} actor(s) x {amount:g} {kind} = {count * amount:g}, but the "
+                f"cluster offers {total.get(kind, 0):g} {kind}; start nodes with that resource "
+                "or lower verifier_workers / verifier_resources"
+            )
+
+
 class VerifierScorer:
     """A pool of `num_workers` verifier actors.
 
@@ -89,6 +101,8 @@ class VerifierScorer:
             worker (None: 1 s + 10% of `timeout_s`).
         env_vars: environment of the actors (thread counts are set to 1 unless given here).
         start_timeout_s: fail when a worker has not started by then.
+        resources: custom Ray resources each actor needs (e.g. to place verifiers on chosen
+            nodes); checked against the cluster at once.
 
     Raises:
         ConfigError, PluginError: the entries are invalid or a verifier does not load (checked
@@ -105,6 +119,7 @@ class VerifierScorer:
         grace_s: float | None = None,
         env_vars: dict[str, str] | None = None,
         start_timeout_s: float = 600.0,
+        resources: dict[str, float] | None = None,
     ) -> None:
         if isinstance(verifier, list) and verifier and isinstance(verifier[0], VerifierEntry):
             self.entries = list(verifier)
@@ -121,8 +136,11 @@ class VerifierScorer:
         self.start_timeout_s = start_timeout_s
         self.restarts = 0
         env = {**THREAD_ENV, **(env_vars or {})}
+        _check_resources(num_workers, resources or {})
         self._actor_class = ray.remote(VerifierWorker).options(
-            num_cpus=cpus_per_worker, runtime_env={"env_vars": env}
+            num_cpus=cpus_per_worker,
+            resources=dict(resources or {}),
+            runtime_env={"env_vars": env},
         )
         self.slots = [self._new_slot() for _ in range(max(1, num_workers))]
 

@@ -151,6 +151,7 @@ class StageContext:
     def preflight(self) -> None:
         """Load every stage's data and plug-ins before any actor starts, so that bad input
         fails in seconds with one clear error instead of after the earlier stages."""
+        from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
         from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
         check_checkpoint("model.init", self.cfg.model.init)
@@ -160,7 +161,13 @@ class StageContext:
             have_reward_model = have_reward_model or stage == "reward_model"
             source = getattr(section, "reward_source", None)
             if source == "reward_model" or (source and section.reward_model_weight != 0):
-                check_checkpoint(f"{stage}.reward_model", section.reward_model)
+                if is_reward_url(section.reward_model):
+                    key = f"{stage}.reward_model"
+                    RemoteRewardModel(
+                        section.reward_model, section.reward_timeout_s, key=key
+                    ).check()
+                else:
+                    check_checkpoint(f"{stage}.reward_model", section.reward_model)
                 if section.reward_model is None and not have_reward_model:
                     raise ConfigError(
                         f"{stage}: {_reward_model_use(section)} but no reward model comes "

@@ -28,7 +28,8 @@ from rlstack.config import RLConfig
 from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.group import RolloutGroup
-from rlstack.stages.batches import prompt_ids, rollout_batch
+from rlstack.scorers.reward_http import RemoteRewardModel
+from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
 
@@ -185,7 +186,20 @@ class RLStage:
         weighted sum plus `reward_model_weight` x the reward model's score (reward_source
         verifier)."""
         rm_scores = None
-        if self.roles.reward_model is not None:
+        if isinstance(self.roles.reward_model, RemoteRewardModel):
+            # Texts that the server turns back into this rollout's exact token ids.
+            eos = self.tokenizer.eos_token_id
+            ids = [s["response_ids"] for s in rollout.samples]
+            remote = self.roles.reward_model.score(
+                [rollout.rows[s["prompt_index"]]["prompt"] for s in rollout.samples],
+                [response_text(self.tokenizer, r) for r in ids],
+                [bool(r) and r[-1] == eos for r in ids],
+                self.max_prompt,
+            )
+            rm_scores = torch.tensor(remote, dtype=torch.float32)
+            if self.roles.verifier is None:
+                return rm_scores, {}, {}
+        elif self.roles.reward_model is not None:
             batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
             rm_scores = self.roles.reward_model.infer("scores", batch)
             if self.roles.verifier is None:
