@@ -1,7 +1,9 @@
-"""Command line: `rlstack run`, `rlstack submit`.
+"""Command line: `rlstack run`, `rlstack submit`, `rlstack verify`, `rlstack serve-rm`.
 
     rlstack run [CONFIG] [--run-dir DIR] [dotted.key=value ...]
     rlstack submit CONFIG --address http://127.0.0.1:8265 [--run-dir DIR] [key=value ...]
+    rlstack verify VERIFIER DATA.jsonl [--json] [--timeout S] [--workers N] [--arg k=v ...]
+    rlstack serve-rm CHECKPOINT [--host 127.0.0.1] [--port 8000] [--batch-size N] [--threads N]
 
 Without CONFIG, `run` uses the embedded default (configs/smoke.yaml: generated data, a tiny
 model, all five stages). Errors in the user's input print one line and exit with status 2.
@@ -42,6 +44,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_rm(args: argparse.Namespace) -> int:
+    from rlstack.errors import ConfigError
+    from rlstack.reward_server import serve
+
+    if args.overrides:
+        raise ConfigError(f"serve-rm: unexpected arguments: {' '.join(args.overrides)}")
+
+    serve(args.checkpoint, args.host, args.port, args.batch_size, args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +70,29 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="run a config as a Ray job on a running cluster")
     add_submit_arguments(submit)
     submit.set_defaults(func=run_submit)
+
+    from rlstack.verify import add_verify_arguments, run_verify
+
+    verify = sub.add_parser("verify", help="score a JSONL data set with a verifier and report")
+    add_verify_arguments(verify)
+    verify.set_defaults(func=run_verify)
+
+    serve_rm = sub.add_parser("serve-rm", help="serve a reward-model checkpoint over HTTP")
+    serve_rm.add_argument("checkpoint", help="a directory the reward_model stage wrote")
+    serve_rm.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    serve_rm.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve_rm.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="sequences per forward pass (default: %(default)s)",
+    )
+    serve_rm.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default: %(default)s)"
+    )
+    serve_rm.set_defaults(func=_serve_rm, overrides=[])
     return parser
 
 

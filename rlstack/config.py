@@ -179,9 +179,24 @@ class RLConfig:
     gamma: float = 1.0
     lam: float = 0.95
     reward_source: str = "reward_model"  # reward_model | verifier
-    reward_model: str | None = None  # a reward-model checkpoint; None: the reward_model stage's
-    verifier: str = "numeric"  # built-in name, package.module:function or file.py:function
-    failure_score: float = 0.0  # reward when the verifier raises or returns a non-number
+    reward_model: str | None = None  # a reward-model checkpoint, or the http://host:port URL of
+    # `rlstack serve-rm` (the critic then starts from the policy); None: the reward_model stage's
+    reward_timeout_s: float = 60.0  # seconds per request to a reward-model server
+    reward_retries: int = 3  # further tries of a request that could not connect or timed out
+    verifier: Any = "numeric"  # a spec (built-in name, entry-point name, package.module:function
+    # or path/file.py:function), or a list of {name, weight, args, label} entries whose scores
+    # add up by weight (rlstack/verifiers/combine.py; docs/verifiers.md)
+    failure_score: float = 0.0  # a verifier call's score when it raises, returns a non-number,
+    # times out or its worker dies
+    verifier_timeout_s: float = 10.0  # deadline of one verifier call (one sample, or one call of
+    # a batched verifier), seconds; a late call scores failure_score (kind "timeout")
+    verifier_workers: int = 2  # verifier actors in the scoring pool
+    verifier_cpus_per_worker: float = 0.1  # Ray logical CPUs per verifier actor (fractional)
+    verifier_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
+    # each verifier actor asks for, e.g. {verifier_slot: 1} on a cluster whose nodes offer one
+    # verifier_slot each puts at most one verifier actor on a node
+    reward_model_weight: float = 0.0  # reward_source verifier: add this x the reward model's
+    # score (0: no reward model; nonzero needs one: the reward_model stage or `reward_model`)
     kl_coef: float = 0.05  # weight of the KL-to-reference penalty (0 disables the reference)
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = True  # True: per-token reward penalty; False: loss term
@@ -363,9 +378,14 @@ def validate(cfg: Config) -> None:
             "epochs",
             "minibatches",
             "max_sampling_tries",
+            "verifier_workers",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
-        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef")
+        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries")
+        if rl.reward_timeout_s <= 0:
+            raise ConfigError(
+                f"{name}.reward_timeout_s: must be positive, got {rl.reward_timeout_s}"
+            )
         if rl.prompts_per_step * rl.samples_per_prompt < rl.minibatches:
             raise ConfigError(f"{name}.minibatches: more minibatches than samples per step")
         if rl.advantage not in ADVANTAGES:
@@ -388,10 +408,23 @@ def validate(cfg: Config) -> None:
             )
         if rl.reward_source not in ("reward_model", "verifier"):
             raise ConfigError(f"{name}.reward_source: {rl.reward_source!r} is unknown")
+        _check_verifier_keys(rl, name)
         if rl.kl_estimator not in ("k1", "k2", "k3"):
             raise ConfigError(f"{name}.kl_estimator: {rl.kl_estimator!r} is not k1, k2 or k3")
         if rl.max_staleness not in (0, 1):
             raise ConfigError(f"{name}.max_staleness: only 0 and 1 are supported")
+
+
+def _check_verifier_keys(rl: RLConfig, name: str) -> None:
+    from rlstack.verifiers.combine import parse_verifier_entries
+
+    parse_verifier_entries(rl.verifier, f"{name}.verifier")
+    _positive(rl, name, "verifier_workers")
+    _not_negative(rl, name, "verifier_cpus_per_worker")
+    if not rl.verifier_timeout_s > 0:
+        raise ConfigError(
+            f"{name}.verifier_timeout_s: must be positive, got {rl.verifier_timeout_s}"
+        )
 
 
 def to_yaml(cfg: Config) -> str:

@@ -67,7 +67,12 @@ def init_ray(address: str | None, num_cpus: float | None, loopback: bool) -> dic
     if not ray.is_initialized():
         if address is None:
             apply_env(loopback)
-            kwargs: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False}
+            # "local": a new instance even when another one on this machine is on record.
+            kwargs: dict[str, Any] = {
+                "address": "local",
+                "num_cpus": num_cpus,
+                "include_dashboard": False,
+            }
             if loopback:
                 kwargs["_node_ip_address"] = "127.0.0.1"
             logger.info("starting a local Ray instance (num_cpus=%s)", num_cpus)

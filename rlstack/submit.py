@@ -18,7 +18,13 @@ What the job carries (its runtime_env):
   travel: the run then fails on the cluster with "not found". Ray refuses a working_dir over
   512 MiB zipped: keep large data sets on storage the nodes share, named by absolute path.
 - py_modules: the rlstack package this command runs from, so the nodes need the dependencies
-  only, not rlstack itself, and always run the code that was submitted.
+  only, not rlstack itself, and always run the code that was submitted. A verifier .py file the
+  config names outside the working_dir travels here too, copied into a package named after its
+  content (`rlstack_verifier_<stem>_<hash>/<stem>.py`), and the job's command gets an override
+  that names the verifier as that module; it then loads on every node without the original path.
+  Such a file travels alone: it may import rlstack and installed packages, not files beside it
+  (keep a verifier made of several files inside the working_dir). A verifier file inside the
+  working_dir named by absolute path is renamed relative to it.
 - env_vars: runtime.BASE_ENV (a value exported here wins), and RAY_OVERRIDE_JOB_RUNTIME_ENV=1
   so that the driver's own ray.init(runtime_env=...) merges with the job's instead of failing.
 
@@ -45,13 +51,17 @@ import argparse
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
+import json
 import logging
 import os
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,13 +136,16 @@ def submit_job(
     client = _connect(address)
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", config.stem)
     submission_id = f"rlstack-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    entrypoint = job_entrypoint(config.relative_to(working_dir).as_posix(), run_dir, overrides)
-    with _client_errors(address):
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=job_runtime_env(working_dir),
-            submission_id=submission_id,
-        )
+    with tempfile.TemporaryDirectory(prefix="rlstack-submit-") as staging:
+        modules, shipped = stage_verifier_files(config, working_dir, overrides, Path(staging))
+        relative_config = config.relative_to(working_dir).as_posix()
+        entrypoint = job_entrypoint(relative_config, run_dir, [*overrides, *shipped])
+        with _client_errors(address):
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env=job_runtime_env(working_dir, modules),
+                submission_id=submission_id,
+            )
     logger.info("submitted job %s to %s: %s", job_id, address, entrypoint)
     if not wait:
         logger.info("follow it with: ray job logs --follow %s --address %s", job_id, address)
@@ -159,8 +172,9 @@ def job_entrypoint(config: str, run_dir: str | None, overrides: list[str]) -> st
     return shlex.join(args)
 
 
-def job_runtime_env(working_dir: Path) -> dict[str, Any]:
-    """The job's runtime_env: the working_dir, the rlstack source and the shared env vars."""
+def job_runtime_env(working_dir: Path, extra_modules: list[str] = ()) -> dict[str, Any]:
+    """The job's runtime_env: the working_dir, the rlstack source (plus `extra_modules`, the
+    staged verifier files) and the shared env vars."""
     package_dir = Path(__file__).resolve().parent
     env_vars = {key: os.environ.get(key, value) for key, value in runtime.BASE_ENV.items()}
     # The driver's ray.init passes env_vars of its own; Ray refuses to merge them with the job's
@@ -168,7 +182,7 @@ def job_runtime_env(working_dir: Path) -> dict[str, Any]:
     env_vars["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     return {
         "working_dir": str(working_dir),
-        "py_modules": [str(package_dir)],
+        "py_modules": [str(package_dir), *extra_modules],
         "excludes": EXCLUDES,
         "env_vars": env_vars,
     }
@@ -376,3 +390,70 @@ def _strings(node: Any) -> Iterator[str]:
     elif isinstance(node, list):
         for value in node:
             yield from _strings(value)
+
+
+def stage_verifier_files(
+    config: Path, working_dir: Path, overrides: list[str], staging: Path
+) -> tuple[list[str], list[str]]:
+    """Copy verifier .py files that the config names outside the working_dir into `staging`.
+
+    Each such file travels as a py_module of its own, a package named after its content
+    (`rlstack_verifier_<stem>_<hash>/<stem>.py`), and the stage's verifier is renamed to that
+    module by an override appended to the job's command. Files inside the working_dir travel
+    with it (an absolute path to one is made relative); a file that does not exist here is left
+    to the cluster (with a warning).
+
+    Returns:
+        The staged files (for py_modules) and the `<stage>.verifier=...` overrides.
+    """
+    from rlstack.config import load_config
+
+    cfg = load_config(str(config), overrides)
+    modules: list[str] = []
+    shipped: list[str] = []
+    for stage in cfg.stages:
+        section = getattr(cfg, stage)
+        if getattr(section, "reward_source", None) != "verifier":
+            continue
+        value = section.verifier
+        if isinstance(value, str):
+            new = _stage_spec(value, working_dir, staging, modules)
+        elif isinstance(value, list):
+            new = [
+                dict(v, name=_stage_spec(v["name"], working_dir, staging, modules))
+                if isinstance(v, dict) and isinstance(v.get("name"), str)
+                else v
+                for v in value
+            ]
+        else:
+            continue
+        if new != value:
+            shipped.append(f"{stage}.verifier={json.dumps(new)}")
+            logger.info("%s.verifier travels with the job as %s", stage, json.dumps(new))
+    return modules, shipped
+
+
+def _stage_spec(spec: str, working_dir: Path, staging: Path, modules: list[str]) -> str:
+    """`spec` renamed to a staged module when it names a .py file outside the working_dir."""
+    source, _, attribute = spec.rpartition(":")
+    if not source or not (source.endswith(".py") or "/" in source or "\\" in source):
+        return spec  # a built-in name or an importable module
+    path = (working_dir / Path(source).expanduser()).resolve()
+    if path.is_relative_to(working_dir):  # travels inside the working_dir
+        inside = path.relative_to(working_dir).as_posix()
+        return f"{inside}:{attribute}" if Path(source).expanduser().is_absolute() else spec
+    if not path.is_file():
+        logger.warning(
+            "verifier file %s does not exist here; the cluster must hold it at that path", path
+        )
+        return spec
+    # A package folder of its own: Ray's job client uploads py_modules folders, not files.
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    package = staging / f"rlstack_verifier_{stem}_{digest}"
+    if not package.exists():
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        shutil.copyfile(path, package / f"{stem}.py")
+        modules.append(str(package))
+    return f"{package.name}.{stem}:{attribute}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -38,12 +39,18 @@ RAY_PORT_OPTIONS = (
 )
 
 
+# A custom resource every test node offers once: actors asking for one land on distinct nodes.
+NODE_SLOT = "verifier_slot"
+
+
 @pytest.fixture(scope="session")
-def ray_jobs_address() -> Iterator[str]:
-    """A private Ray head on 127.0.0.1 with the Jobs API; yields its dashboard URL.
+def ray_head() -> Iterator[dict[str, str]]:
+    """A private Ray head on 127.0.0.1 with the Jobs API; yields its dashboard URL ("address"),
+    its GCS address ("gcs") and its environment ("env", for nodes that join it).
 
     Started with `ray start --head --block` in a temp dir of its own, every port explicit (worker
-    ports picked by the OS), 2 logical CPUs, the loopback env and RAY_AUTH_MODE=disabled. The
+    ports picked by the OS), 2 logical CPUs and one NODE_SLOT, the loopback env and
+    RAY_AUTH_MODE=disabled. The
     auth mode must be explicit: left unset, `ray start` turns token auth on whenever
     ~/.ray/auth_token exists (any local ray.init() writes one), while this process's Jobs client
     sends a token only if RAY_AUTH_MODE=token was set before ray was first imported. Stopped,
@@ -72,6 +79,7 @@ def ray_jobs_address() -> Iterator[str]:
         "--dashboard-host=127.0.0.1",
         "--include-dashboard=true",
         "--num-cpus=2",
+        f'--resources={{"{NODE_SLOT}": 1}}',
         f"--temp-dir={temp_dir}",
         "--min-worker-port=0",
         "--max-worker-port=0",
@@ -86,10 +94,99 @@ def ray_jobs_address() -> Iterator[str]:
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
         wait_for_jobs_api(address, head, log_path)
-        yield address
+        yield {"address": address, "gcs": f"127.0.0.1:{ports['port']}", "env": env}
     finally:
         stop_process_tree(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_jobs_address(ray_head: dict[str, str]) -> str:
+    """The dashboard URL (Jobs API) of the private loopback Ray head."""
+    return ray_head["address"]
+
+
+# A worker node for the loopback head. `ray start --address` cannot join on loopback: it refuses
+# to join while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the loopback switch), and with it on it
+# rewrites a 127.0.0.1 head address to the machine's outward IP. This starts the node through
+# Ray's own node API (as ray.cluster_utils does for its multi-node tests on one machine).
+WORKER_NODE_SCRIPT = """
+import json, signal, sys, time
+import ray._private.node, ray._private.parameter
+args = json.loads(sys.argv[1])
+params = ray._private.parameter.RayParams(node_ip_address="127.0.0.1", **args)
+node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
+def stop(*_):
+    node.kill_all_processes(check_alive=False, allow_graceful=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("node started", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def second_node(ray_head: dict, tmp_path: Path) -> Iterator[None]:
+    """A worker node (1 CPU, one NODE_SLOT) joined to the loopback head for one test.
+
+    Every port explicit and on 127.0.0.1, a temp dir of its own; returns once the head counts
+    two NODE_SLOTs; stopped with every process it started at teardown.
+    """
+    names = [
+        "node_manager_port",
+        "object_manager_port",
+        "dashboard_agent_listen_port",
+        "metrics_agent_port",
+        "runtime_env_agent_port",
+        "metrics_export_port",
+    ]
+    args = dict(zip(names, free_ports(len(names)), strict=True))
+    args.update(
+        gcs_address=ray_head["gcs"],
+        num_cpus=1,
+        num_gpus=0,
+        resources={NODE_SLOT: 1},
+        temp_dir=tempfile.mkdtemp(prefix="rlstack-ray-node-"),  # short: holds unix sockets
+        min_worker_port=0,
+        max_worker_port=0,
+        object_store_memory=150 * 1024**2,
+        include_log_monitor=False,
+    )
+    log_path = tmp_path / "ray-node.log"
+    with open(log_path, "w") as log:
+        node = subprocess.Popen(
+            [sys.executable, "-c", WORKER_NODE_SCRIPT, json.dumps(args)],
+            env=ray_head["env"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        wait_for_slots(ray_head["address"], 2, node, log_path)
+        yield
+    finally:
+        stop_process_tree(node)
+        shutil.rmtree(args["temp_dir"], ignore_errors=True)
+
+
+def wait_for_slots(address: str, count: int, node: subprocess.Popen, log_path: Path) -> None:
+    """Return once the cluster's alive nodes offer `count` NODE_SLOTs (read from the dashboard)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + RAY_START_TIMEOUT_S
+    while time.monotonic() < deadline and node.poll() is None:
+        try:
+            with opener.open(f"{address}/api/v0/nodes", timeout=5) as response:
+                nodes = json.loads(response.read())["data"]["result"]["result"]
+            alive = [n for n in nodes if n.get("state") == "ALIVE"]
+            slots = sum(n.get("resources_total", {}).get(NODE_SLOT, 0) for n in alive)
+            if slots >= count:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(1.0)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the second Ray node did not join {address}:\n{tail}")
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`rlstack submit`: a run submitted as a Ray job to a loopback cluster, and its fast failures."""
+"""`rlstack submit`: a run submitted as a Ray job to a loopback cluster (one or two nodes), the
+verifier code it carries, and its fast failures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import NODE_SLOT
 
 from rlstack import runtime
 from rlstack.errors import ConfigError, RLStackError
@@ -16,6 +18,7 @@ from rlstack.submit import (
     add_submit_arguments,
     job_entrypoint,
     job_runtime_env,
+    stage_verifier_files,
     submit_job,
 )
 
@@ -43,6 +46,98 @@ def test_submitted_run_succeeds_and_writes_its_run_dir(
     assert code == 0
     assert (run_dir / "metrics.jsonl").is_file()
     assert (run_dir / "checkpoints" / "pretrain" / "config.json").is_file()
+
+
+MARKER_VERIFIER = """
+import os
+from pathlib import Path
+
+import ray
+
+MARKERS = Path({markers!r})
+
+
+def score(prompt, response, reference, **extras):
+    node = ray.get_runtime_context().get_node_id()
+    (MARKERS / f"{{node}}-{{os.getpid()}}").write_text(__file__)
+    return 1.0 if response.strip() == reference.strip() else 0.0
+"""
+
+GRPO_CONFIG = """\
+stages: [pretrain, grpo]
+model: {{hidden_size: 64, num_heads: 2, num_kv_heads: 1, ffn_size: 128, expert_size: 64,
+        max_seq_len: 128}}
+learner: {{threads: 1}}
+rollout: {{threads: 1}}
+pretrain: {{steps: 3, batch_size: 2, seq_len: 32, eval_every: 3}}
+grpo:
+  steps: 2
+  prompts_per_step: 2
+  samples_per_prompt: 2
+  eval_prompts: 2
+  sampling: {{max_tokens: 4}}
+  verifier: {verifier}:score
+  verifier_workers: 2
+  verifier_resources: {{{slot}: 1}}
+"""
+
+
+def test_verifier_file_outside_the_working_dir_runs_on_every_node(
+    ray_jobs_address: str,
+    second_node: None,
+    experiment_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A verifier .py in a folder of its own travels with the job; one verifier actor per node
+    (each node offers one NODE_SLOT) scores with the shipped copy, not the original file."""
+    plugin_dir = tmp_path_factory.mktemp("user-plugins")
+    markers = tmp_path_factory.mktemp("markers")
+    plugin = plugin_dir / "marker_verifier.py"
+    plugin.write_text(MARKER_VERIFIER.format(markers=str(markers)))
+    config = GRPO_CONFIG.format(verifier=plugin, slot=NODE_SLOT)
+    (experiment_dir / "grpo.yaml").write_text(config)
+
+    code = submit_job("grpo.yaml", ray_jobs_address, [], str(experiment_dir / "run"), timeout_s=900)
+
+    assert code == 0
+    assert (experiment_dir / "run" / "checkpoints" / "grpo" / "config.json").is_file()
+    calls = list(markers.iterdir())
+    nodes = {marker.name.split("-")[0] for marker in calls}
+    assert len(nodes) == 2, [marker.name for marker in calls]
+    for marker in calls:
+        ran_from = Path(marker.read_text())
+        assert ran_from != plugin and not ran_from.is_relative_to(plugin_dir)
+        assert ran_from.name == "marker_verifier.py"
+        assert ran_from.parent.name.startswith("rlstack_verifier_marker_verifier_")
+
+
+def test_verifier_files_outside_the_working_dir_are_staged_as_modules(
+    experiment_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    plugin = tmp_path_factory.mktemp("plugins") / "my check.py"
+    plugin.write_text("def score(prompt, response, reference, **extras):\n    return 1.0\n")
+    (experiment_dir / "inside.py").write_text(plugin.read_text())
+    config = TINY_CONFIG.replace("[pretrain]", "[pretrain, grpo, ppo]")
+    config += f"grpo: {{verifier: '{plugin}:score'}}\n"
+    config += (
+        f"ppo: {{reward_source: verifier, verifier: '{experiment_dir / 'inside.py'}:score'}}\n"
+    )
+    (experiment_dir / "rl.yaml").write_text(config)
+    staging = tmp_path_factory.mktemp("staging")
+
+    modules, overrides = stage_verifier_files(
+        experiment_dir / "rl.yaml", experiment_dir, [], staging
+    )
+
+    assert (
+        len(modules) == 1 and (Path(modules[0]) / "my_check.py").read_text() == plugin.read_text()
+    )
+    package = Path(modules[0]).name
+    assert package.startswith("rlstack_verifier_my_check_")
+    assert overrides == [
+        f'grpo.verifier="{package}.my_check:score"',
+        'ppo.verifier="inside.py:score"',
+    ]
 
 
 def test_job_past_its_timeout_is_stopped_and_fails(

@@ -116,6 +116,15 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
         diff = (learner_logprobs - batch["rollout_logprobs"]).abs() * batch["mask"]
         assert batch["mask"].sum() > 0
         assert diff.max().item() < 1e-4
+
+        if arch == "llama":
+            # Hundreds of long prompts at once: vLLM splits their prefill over several steps, and
+            # seeded sampling must still work on CPU ("CPU Generator does not use offset").
+            many = [
+                encode(tokenizer, format_prompt(tokenizer, f"{i} " + "x" * 180)) for i in range(300)
+            ]
+            out = rollout.generate(many, 1, {**GREEDY, "temperature": 1.0, "max_tokens": 4}, seed=3)
+            assert len(out["samples"]) == 300
     finally:
         rollout.shutdown()
         learner.shutdown()

@@ -39,6 +39,11 @@ class RolloutEngine:
             enable_prefix_caching=True,
         )
         self.version = 0
+        # vLLM's CPU runner cannot rewind a per-request seeded generator when a prefill is split
+        # over several steps ("CPU Generator does not use offset"), which happens as soon as a
+        # batch of prompts exceeds one step's token budget. On CPU, sampling therefore draws from
+        # the engine's generator, seeded above: runs stay reproducible, requests are not.
+        self.per_request_seeds = on_gpu
         logger.info("vLLM engine ready in %.1fs (%s)", time.time() - t0, model_path)
 
     def ready(self) -> int:
@@ -68,7 +73,7 @@ class RolloutEngine:
             max_tokens=sampling["max_tokens"],
             min_tokens=sampling.get("min_tokens", 0),
             logprobs=0,
-            seed=seed,
+            seed=seed if self.per_request_seeds else None,
         )
         t0 = time.time()
         outputs = self.llm.generate(

@@ -106,6 +106,38 @@ def pair_batch(tokenizer: PreTrainedTokenizerBase, rows: list[dict], max_len: in
     return batch
 
 
+def reward_sequence(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    max_len: int,
+    max_prompt: int | None = None,
+    ended: bool = True,
+) -> list[int]:
+    """The token ids a reward model reads for one prompt/response text pair.
+
+    The chat-formatted prompt keeps its last `max_prompt` tokens (default `max_len // 2`, as in
+    `pair_batch`), then come the response's tokens and, when the response `ended`, the end
+    token; the whole is cut to `max_len`. With the defaults this is `pair_batch`'s sequence; an
+    RL run passes its own prompt limit and whether each sample stopped at the end token, which
+    reproduces the ids its rollouts hold.
+    """
+    p = prompt_ids(tokenizer, prompt, max_len // 2 if max_prompt is None else max_prompt)
+    r = encode(tokenizer, response) + ([tokenizer.eos_token_id] if ended else [])
+    return (p + r)[:max_len]
+
+
+def response_text(tokenizer: PreTrainedTokenizerBase, response_ids: list[int]) -> str:
+    """The text of sampled response tokens, special tokens kept as their names and a trailing
+    end token dropped (`reward_sequence`'s `ended` adds it back). With the character tokenizer
+    the text encodes back to exactly the same ids; subword tokenizers may re-split it."""
+    if response_ids and response_ids[-1] == tokenizer.eos_token_id:
+        response_ids = response_ids[:-1]
+    return tokenizer.decode(
+        response_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+
+
 # ----------------------------------------------------------------------- RL
 def rollout_batch(
     prompts: list[list[int]], samples: list[dict], pad_id: int

@@ -74,6 +74,12 @@ def _drop_seen_prompts(train: list, held_out: list, where: str) -> list:
     return kept
 
 
+def _reward_model_use(section: Any) -> str:
+    if section.reward_source == "reward_model":
+        return "reward_source is reward_model"
+    return f"reward_model_weight is {section.reward_model_weight:g}"
+
+
 @dataclass
 class StageContext:
     cfg: Config
@@ -145,18 +151,26 @@ class StageContext:
     def preflight(self) -> None:
         """Load every stage's data and plug-ins before any actor starts, so that bad input
         fails in seconds with one clear error instead of after the earlier stages."""
-        from rlstack.verifiers import load_verifier
+        from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
+        from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
         check_checkpoint("model.init", self.cfg.model.init)
         have_reward_model = False
         for stage in self.cfg.stages:
             section = getattr(self.cfg, stage)
             have_reward_model = have_reward_model or stage == "reward_model"
-            if getattr(section, "reward_source", None) == "reward_model":
-                check_checkpoint(f"{stage}.reward_model", section.reward_model)
+            source = getattr(section, "reward_source", None)
+            if source == "reward_model" or (source and section.reward_model_weight != 0):
+                if is_reward_url(section.reward_model):
+                    key = f"{stage}.reward_model"
+                    RemoteRewardModel(
+                        section.reward_model, section.reward_timeout_s, key=key
+                    ).check()
+                else:
+                    check_checkpoint(f"{stage}.reward_model", section.reward_model)
                 if section.reward_model is None and not have_reward_model:
                     raise ConfigError(
-                        f"{stage}: reward_source is reward_model but no reward model comes "
+                        f"{stage}: {_reward_model_use(section)} but no reward model comes "
                         f"before it; add the reward_model stage earlier in `stages` or set "
                         f"{stage}.reward_model to a reward-model checkpoint"
                     )
@@ -164,7 +178,8 @@ class StageContext:
             self.load_data(stage)
             section = getattr(self.cfg, stage)
             if getattr(section, "reward_source", None) == "verifier":
-                load_verifier(section.verifier)
+                for entry in parse_verifier_entries(section.verifier, f"{stage}.verifier"):
+                    check_options(load_verifier(entry.spec), entry.args, entry.spec)
 
     def learner(
         self,

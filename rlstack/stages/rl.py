@@ -28,7 +28,8 @@ from rlstack.config import RLConfig
 from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.group import RolloutGroup
-from rlstack.stages.batches import prompt_ids, rollout_batch
+from rlstack.scorers.reward_http import RemoteRewardModel
+from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
 
@@ -66,6 +67,7 @@ class Rollout:
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)  # "prompt_index" indexes prompt_ids
     scores: list[float] = field(default_factory=list)
+    components: dict[str, list[float]] = field(default_factory=dict)  # reward parts per sample
     failures: dict[str, int] = field(default_factory=dict)
     tokens: int = 0
     seconds: float = 0.0
@@ -77,6 +79,8 @@ class Rollout:
         self.rows += other.rows
         self.samples += [dict(s, prompt_index=s["prompt_index"] + offset) for s in other.samples]
         self.scores += other.scores
+        for name, values in other.components.items():
+            self.components[name] = self.components.get(name, []) + values
         for kind, n in other.failures.items():
             self.failures[kind] = self.failures.get(kind, 0) + n
         self.tokens += other.tokens
@@ -101,6 +105,8 @@ class Rollout:
             for i in group:
                 out.samples.append(dict(self.samples[i], prompt_index=len(out.prompt_ids) - 1))
                 out.scores.append(self.scores[i])
+                for name, values in self.components.items():
+                    out.components.setdefault(name, []).append(values[i])
         return out
 
 
@@ -167,14 +173,37 @@ class RLStage:
             seconds=result["seconds"],
             version=result["version"],
         )
-        scores, rollout.failures = self._score(rollout)
+        scores, rollout.failures, rollout.components = self._score(rollout)
         rollout.scores = scores.tolist()
         return rollout
 
-    def _score(self, rollout: Rollout) -> tuple[torch.Tensor, dict[str, int]]:
-        if self.roles.reward_model is not None:
+    def _score(
+        self, rollout: Rollout
+    ) -> tuple[torch.Tensor, dict[str, int], dict[str, list[float]]]:
+        """Rewards `[samples]`, verifier failures by kind, and each reward part per sample.
+
+        The reward is the reward model's score (reward_source reward_model), or the verifiers'
+        weighted sum plus `reward_model_weight` x the reward model's score (reward_source
+        verifier)."""
+        rm_scores = None
+        if isinstance(self.roles.reward_model, RemoteRewardModel):
+            # Texts that the server turns back into this rollout's exact token ids.
+            eos = self.tokenizer.eos_token_id
+            ids = [s["response_ids"] for s in rollout.samples]
+            remote = self.roles.reward_model.score(
+                [rollout.rows[s["prompt_index"]]["prompt"] for s in rollout.samples],
+                [response_text(self.tokenizer, r) for r in ids],
+                [bool(r) and r[-1] == eos for r in ids],
+                self.max_prompt,
+            )
+            rm_scores = torch.tensor(remote, dtype=torch.float32)
+            if self.roles.verifier is None:
+                return rm_scores, {}, {}
+        elif self.roles.reward_model is not None:
             batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
-            return self.roles.reward_model.infer("scores", batch), {}
+            rm_scores = self.roles.reward_model.infer("scores", batch)
+            if self.roles.verifier is None:
+                return rm_scores, {}, {}
         items = []
         for s in rollout.samples:
             row = rollout.rows[s["prompt_index"]]
@@ -187,8 +216,13 @@ class RLStage:
                     "extras": extras,
                 }
             )
-        scores, failures = self.roles.verifier.score(items)
-        return torch.tensor(scores, dtype=torch.float32), failures
+        result = self.roles.verifier.score(items)
+        scores = torch.tensor(result.scores, dtype=torch.float32)
+        components = dict(result.components)
+        if rm_scores is not None:
+            scores = scores + self.c.reward_model_weight * rm_scores.float()
+            components["reward_model"] = rm_scores.tolist()
+        return scores, result.failures, components
 
     def _refill(self, rollout: Rollout, step: int) -> tuple[Rollout, dict[str, float]]:
         """Dynamic sampling: keep groups whose rewards differ; sample more prompts if short."""
@@ -304,7 +338,7 @@ class RLStage:
         sampling = dict(self.sampling, temperature=self.c.sampling.eval_temperature)
         result = self.roles.rollout.generate(ids, 1, sampling, seed=0)
         rollout = Rollout(prompt_ids=ids, rows=rows, samples=result["samples"])
-        scores, failures = self._score(rollout)
+        scores, failures, components = self._score(rollout)
         lengths = [len(s["response_ids"]) for s in rollout.samples]
         values: dict[str, Any] = {
             "eval/reward_mean": scores.mean().item(),
@@ -314,6 +348,7 @@ class RLStage:
         if self.roles.verifier is not None:
             values["eval/pass_rate"] = (scores >= 1.0).float().mean().item()
             values["eval/failures"] = sum(failures.values())
+            values.update({f"eval/reward/{k}": sum(v) / len(v) for k, v in components.items()})
         if label:
             values["eval/checkpoint"] = label
         self.ctx.log(self.stage, step, values)
@@ -359,6 +394,7 @@ class RLStage:
                     "time/step": time.time() - t0,
                 }
             )
+            stats.update({f"reward/{k}": sum(v) / len(v) for k, v in rollout.components.items()})
             stats.update({f"verifier_failures/{k}": v for k, v in rollout.failures.items()})
             self.ctx.log(self.stage, step, stats)
             if (c.eval_every and step % c.eval_every == 0) or step == c.steps:

@@ -2,8 +2,11 @@
 
 - policy: a trainable learner group (DeepSpeed), the model being optimised;
 - reference: a frozen copy of the starting policy, when the KL coefficient is nonzero;
-- reward_model: a frozen scalar-head model scoring whole sequences (reward_source reward_model);
-- critic: a trainable scalar-head group, started from the reward model (GAE only);
+- reward_model: a frozen scalar-head model scoring whole sequences (reward_source reward_model,
+  or reward_model_weight with a verifier), or the client of a reward-model server when the
+  config names a URL (`rlstack serve-rm`);
+- critic: a trainable scalar-head group (GAE only), started from the reward model, or from the
+  policy when the reward model is remote (its weights are not here);
 - verifier: a pool of verifier actors (reward_source verifier);
 - rollout: the vLLM engines, started from the policy checkpoint.
 """
@@ -16,6 +19,7 @@ from rlstack.config import RLConfig
 from rlstack.errors import ConfigError
 from rlstack.learner.group import LearnerGroup
 from rlstack.rollout.group import RolloutGroup
+from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
 from rlstack.scorers.verifier import VerifierScorer
 from rlstack.stages.context import StageContext
 
@@ -25,7 +29,7 @@ class RLRoles:
     policy: LearnerGroup
     rollout: RolloutGroup
     reference: LearnerGroup | None = None
-    reward_model: LearnerGroup | None = None
+    reward_model: LearnerGroup | RemoteRewardModel | None = None
     critic: LearnerGroup | None = None
     verifier: VerifierScorer | None = None
 
@@ -50,18 +54,34 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
             "model.init to a checkpoint"
         )
     reward_model_path = c.reward_model or ctx.reward_model_path
-    if c.reward_source == "reward_model" and reward_model_path is None:
+    uses_reward_model = c.reward_source == "reward_model" or c.reward_model_weight != 0
+    if uses_reward_model and reward_model_path is None:
         raise ConfigError(
-            f"{stage}: reward_source is reward_model but no reward model was "
-            "trained; add the reward_model stage before it"
+            f"{stage}: reward_source is reward_model (or reward_model_weight is set) but no "
+            "reward model was trained; add the reward_model stage before it"
         )
+    remote_rm = None
+    if uses_reward_model and is_reward_url(reward_model_path):
+        remote_rm = RemoteRewardModel(
+            reward_model_path, c.reward_timeout_s, c.reward_retries, key=f"{stage}.reward_model"
+        )
+        remote_rm.check()  # before any actor starts
     samples = c.prompts_per_step * c.samples_per_prompt
     updates = c.steps * c.epochs * c.minibatches
     minibatch = samples // c.minibatches
 
     verifier = None
     if c.reward_source == "verifier":
-        verifier = VerifierScorer(c.verifier, c.failure_score, env_vars=ctx.env_vars)
+        verifier = VerifierScorer(
+            c.verifier,
+            c.failure_score,
+            num_workers=c.verifier_workers,
+            cpus_per_worker=c.verifier_cpus_per_worker,
+            timeout_s=c.verifier_timeout_s,
+            env_vars=ctx.env_vars,
+            start_timeout_s=ctx.cfg.ray.start_timeout_s,
+            resources=c.verifier_resources,
+        )
     rollout = RolloutGroup(
         ctx.policy_path,
         vars(ctx.cfg.rollout).copy(),
@@ -86,13 +106,18 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         roles.reference = ctx.learner(
             f"{stage}/reference", "causal_lm", ctx.policy_path, None, 1, samples, start=False
         )
-    if c.reward_source == "reward_model":
+    if remote_rm is not None:
+        roles.reward_model = remote_rm
+    elif uses_reward_model:
         roles.reward_model = ctx.learner(
             f"{stage}/reward_model", "scalar", reward_model_path, None, 1, samples, start=False
         )
     if c.advantage == "gae":
         # The critic starts from the reward model when there is one: its head knows rewards.
-        critic_init = reward_model_path or ctx.policy_path
+        # A remote reward model's weights are not here: the critic then starts from the policy
+        # (its head at zero).
+        local_rm = None if is_reward_url(reward_model_path) else reward_model_path
+        critic_init = local_rm or ctx.policy_path
         roles.critic = ctx.learner(
             f"{stage}/critic",
             "scalar",
@@ -104,7 +129,8 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         )
     timeout = ctx.cfg.ray.start_timeout_s
     try:
-        for part in (roles.policy, roles.reference, roles.reward_model, roles.critic, rollout):
+        parts = (roles.policy, roles.reference, roles.reward_model, roles.critic, rollout, verifier)
+        for part in parts:
             if part is not None:
                 part.start(timeout)
     except BaseException:

@@ -1,8 +1,15 @@
-"""Load a verifier named in the config: a built-in name, `package.module:function` or
+"""Load a verifier named in the config: a built-in name, the name of an entry point in the group
+`rlstack.verifiers` of an installed distribution, `package.module:function` or
 `path/to/file.py:function`.
 
-A verifier is a plain callable `fn(prompt, response, reference, **extras) -> float`, higher is
-better (checkers return 1.0 for correct and 0.0 for wrong).
+A verifier is a callable `fn(prompt, response, reference, **extras) -> float`, higher is better
+(checkers return 1.0 for correct and 0.0 for wrong); `rlstack.verifiers.api` describes the whole
+contract (details, async and batched verifiers). A distribution publishes verifiers with
+
+    [project.entry-points."rlstack.verifiers"]
+    my_checker = "my_package.checks:my_checker"
+
+and a config then names it `my_checker`. A built-in name wins over an entry point of that name.
 
 A file is imported under a module name derived from its absolute path
 (`_rlstack_verifier_<stem>_<hash>`), registered in `sys.modules`; its directory is on `sys.path`
@@ -13,16 +20,23 @@ another process, send the spec string and call `load_verifier` there.
 
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
+import inspect
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from rlstack.errors import PluginError
 from rlstack.verifiers.exact import exact_match
+from rlstack.verifiers.format import think_answer
+from rlstack.verifiers.json_schema import json_schema
 from rlstack.verifiers.numeric import numeric_match
+from rlstack.verifiers.python_tests import python_tests
+from rlstack.verifiers.regex import regex_match
 
 Verifier = Callable[..., float]
 
@@ -30,6 +44,10 @@ BUILTIN_VERIFIERS: dict[str, Verifier] = {
     "numeric": numeric_match,
     "gsm8k": numeric_match,
     "exact_match": exact_match,
+    "regex": regex_match,
+    "think_answer": think_answer,
+    "json_schema": json_schema,
+    "python_tests": python_tests,
 }
 
 
@@ -86,9 +104,13 @@ def _resolve(spec: str) -> Verifier:
 
     source, _, attribute = spec.rpartition(":")
     if not source or not attribute:
+        entry_point = entry_points().get(spec)
+        if entry_point is not None:
+            return _load_entry_point(entry_point)
+        installed = ", ".join(entry_points()) or "none installed"
         raise PluginError(
-            "expected 'package.module:function', 'path/to/file.py:function' or a built-in name "
-            f"({', '.join(BUILTIN_VERIFIERS)})"
+            "expected 'package.module:function', 'path/to/file.py:function', a built-in name "
+            f"({', '.join(BUILTIN_VERIFIERS)}) or an entry-point name ({installed})"
         )
 
     if source.endswith(".py") or "/" in source or "\\" in source:
@@ -113,9 +135,9 @@ def load_verifier(spec: str) -> Verifier:
 
     Args:
         spec: A built-in name from `BUILTIN_VERIFIERS` ("numeric" and its alias "gsm8k",
-            "exact_match"), `package.module:function`, or `path/to/file.py:function` (a relative
-            path is taken from the current directory). The function part may be dotted
-            (`Class.method`).
+            "exact_match", ...), the name of an entry point in the group `rlstack.verifiers`,
+            `package.module:function`, or `path/to/file.py:function` (a relative path is taken
+            from the current directory). The function part may be dotted (`Class.method`).
 
     Returns:
         The verifier callable.
@@ -129,3 +151,75 @@ def load_verifier(spec: str) -> Verifier:
         return _resolve(spec)
     except PluginError as exc:
         raise PluginError(f"verifier {spec!r}: {exc}") from exc.__cause__
+
+
+ENTRY_POINT_GROUP = "rlstack.verifiers"
+
+
+def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """Verifiers that installed distributions publish, by name (the first one found wins)."""
+    found: dict[str, importlib.metadata.EntryPoint] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> Verifier:
+    dist = getattr(ep.dist, "name", None) or "an installed distribution"
+    try:
+        target = ep.load()
+    except (Exception, SystemExit) as exc:
+        raise PluginError(
+            f"entry point {ep.name} = {ep.value} of {dist} does not load ({_describe(exc)})"
+        ) from exc
+    if not callable(target):
+        raise PluginError(f"entry point {ep.name} = {ep.value} of {dist} is not callable")
+    return target
+
+
+def available_verifiers() -> list[tuple[str, str, str]]:
+    """Every verifier that can be named without a module path.
+
+    Returns:
+        `(name, origin, description)` per verifier: built-ins first (origin "built-in"), then
+        entry points (origin "entry point <value> (<distribution>)"); the description is the
+        first line of the function's docstring, or why it does not load.
+    """
+    out = [(name, "built-in", _summary(fn)) for name, fn in BUILTIN_VERIFIERS.items()]
+    for name, ep in sorted(entry_points().items()):
+        dist = getattr(ep.dist, "name", None) or "?"
+        origin = f"entry point {ep.value} ({dist})"
+        if name in BUILTIN_VERIFIERS:
+            out.append((name, origin, "shadowed by the built-in of the same name"))
+            continue
+        try:
+            description = _summary(_load_entry_point(ep))
+        except PluginError as exc:
+            description = f"does not load: {exc}"
+        out.append((name, origin, description))
+    return out
+
+
+def _summary(fn: Any) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else "(no description)"
+
+
+def check_options(fn: Verifier, options: dict[str, Any], spec: str) -> None:
+    """Fail when a verifier cannot take the options a config binds to it.
+
+    Raises:
+        PluginError: naming the verifier and the option, e.g. "verifier 'regex': does not take
+            the option 'patern'".
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # some builtins and C functions have no signature to check
+    try:
+        signature.bind("prompt", "response", "reference", **options)
+    except TypeError as exc:
+        what = f" and the options {', '.join(sorted(options))}" if options else ""
+        raise PluginError(
+            f"verifier {spec!r}: cannot be called with (prompt, response, reference){what} ({exc})"
+        ) from None
