@@ -230,7 +230,8 @@ def test_weighted_combination_matches_hand_computed_rewards(make_pool, plugin):
 def test_entry_point_verifier_loads_in_the_workers(make_pool, ray_local, tmp_path, monkeypatch):
     root = make_distribution(tmp_path)
     monkeypatch.syspath_prepend(str(root))
-    env = dict(ray_local, PYTHONPATH=os.pathsep.join([str(root), os.environ["PYTHONPATH"]]))
+    path = [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(ray_local, PYTHONPATH=os.pathsep.join(path))
     pool = make_pool("shout", num_workers=2, env_vars=env)
     result = pool.score(items(["HI", "hi", "HI"], reference="hi"))
     assert result.scores == [1.0, 0.0, 1.0]
