@@ -6,15 +6,15 @@
 
 Parts, each a real `rlstack run` of a config in bench/configs/ (run directories under
 bench/work/learning/, ignored by git), reading ../shared/data:
-- grpo: SFT on GSM8K calculator arithmetic (single-operation calculations from the first half
-  of GSM8K train), then GRPO with the `gsm8k` verifier on prompts from the second half. Figure:
-  greedy pass rate on held-out calculations (GSM8K test, minus any seen in training) for the
-  SFT checkpoint (GRPO step 0) and after GRPO. Target: +20 points.
+- grpo: SFT on GSM8K calculator arithmetic (single-operation calculations of GSM8K train), then
+  GRPO with the `gsm8k` verifier on the same prompts. Figure: greedy pass rate on held-out
+  calculations (GSM8K test, minus any seen in training) for the SFT checkpoint (GRPO step 0)
+  and after GRPO. Target: +20 points.
 - preferences: pretraining on hh-rlhf dialogues, SFT on their chosen replies, a reward model on
   the pairs, then PPO against it. Figures: the reward model's held-out pair accuracy with a 95%
   Wilson interval (target: interval above 0.5), and the PPO policy's mean reward-model score on
-  held-out prompts before and after, with the KL to the reference (nats per response) staying
-  below the bound `PPO_KL_BOUND`.
+  held-out prompts (responses sampled at temperature 1, as in training) before and after, with
+  the KL to the reference (k1, nats per response, 5-step mean) staying below `PPO_KL_BOUND`.
 - dpo: DPO from the preferences part's SFT checkpoint on the same pairs. Figure: the held-out
   chosen-over-rejected margin `beta * (logratio - ref_logratio)` before (0 by construction)
   and after, with the held-out reward accuracy.
@@ -41,7 +41,7 @@ DOC = REPO / "docs" / "learning.md"
 PLOT = REPO / "docs" / "learning.png"
 RLSTACK = Path(sys.executable).parent / "rlstack"
 
-PPO_KL_BOUND = 4.0  # nats per response, sum over tokens (k1 to the SFT reference)
+PPO_KL_BOUND = 4.0  # nats per response, summed over tokens (k1 to the SFT reference)
 GRPO_TARGET_GAIN = 0.20
 
 
