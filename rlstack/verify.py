@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"verify: --workers must be at least 1, got {args.workers}")
     if not args.timeout > 0:
         raise ConfigError(f"verify: --timeout must be positive, got {args.timeout}")
+    if not math.isfinite(args.failure_score):
+        raise ConfigError(
+            f"verify: --failure-score must be a finite number, got {args.failure_score}"
+        )
 
     from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
