@@ -55,6 +55,16 @@ def _serve_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_rm.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
-    serve_rm.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    serve_rm.add_argument(
+        "--port", type=_port, default=8000, help="TCP port, 0: any free one (default: %(default)s)"
+    )
     serve_rm.add_argument(
         "--batch-size",
         type=int,

@@ -46,18 +46,27 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
 def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
     """Run every stage of `cfg.stages`; returns the run directory."""
     run_dir = Path(run_dir or cfg.run_dir or new_run_dir()).resolve()
-    if (run_dir / "metrics.jsonl").exists():
-        raise RLStackError(f"run directory {run_dir} already holds a run; choose another")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RLStackError(f"run directory {run_dir} is a file; choose a directory")
+    for name in ("metrics.jsonl", "config.yaml", "summary.json"):
+        if (run_dir / name).exists():
+            raise RLStackError(
+                f"run directory {run_dir} already holds {name} (a run's or yours); choose another"
+            )
     cfg.run_dir = str(run_dir)
+    # Bad input fails here, before the run directory or any actor exists.
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=None, env_vars={})
+    ctx.preflight()
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     handler = _log_to_file(run_dir)
     try:
-        return _run_stages(cfg, run_dir)
-    except RLStackError as err:
+        return _run_stages(ctx, run_dir)
+    except BaseException as err:
         # The command line prints the error; the run's own log keeps it too.
+        text = f"{type(err).__name__}: {err}" if not isinstance(err, RLStackError) else str(err)
         record = logging.LogRecord(
-            __name__, logging.ERROR, __file__, 0, "run stopped: %s", (err,), None
+            __name__, logging.ERROR, __file__, 0, "run stopped: %s", (text,), None
         )
         handler.handle(record)
         raise
@@ -66,11 +75,10 @@ def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
         handler.close()
 
 
-def _run_stages(cfg: Config, run_dir: Path) -> Path:
+def _run_stages(ctx: StageContext, run_dir: Path) -> Path:
+    cfg = ctx.cfg
     logger.info("run directory: %s", run_dir)
     t_start = time.time()
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=None, env_vars={})
-    ctx.preflight()
 
     import ray
 

@@ -102,15 +102,16 @@ def create_app(rm: RewardModel) -> Any:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+    from starlette.exceptions import HTTPException as AnyHTTPException
 
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         prompts: list[str]
         responses: list[str]
-        ended: list[bool] | None = None  # per pair: the response stopped at the end token
-        max_prompt_tokens: int | None = Field(default=None, ge=1)
+        ended: list[StrictBool] | None = None  # per pair: the response stopped at the end token
+        max_prompt_tokens: StrictInt | None = Field(default=None, ge=1)
 
     app = FastAPI(title="rlstack reward model", docs_url=None, redoc_url=None)
 
@@ -122,8 +123,8 @@ def create_app(rm: RewardModel) -> Any:
         ]
         return JSONResponse(status_code=422, content={"error": "; ".join(problems)})
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+    @app.exception_handler(AnyHTTPException)  # also the router's own 404 and 405
+    async def http_error(_: Request, err: AnyHTTPException) -> JSONResponse:
         return JSONResponse(status_code=err.status_code, content={"error": err.detail})
 
     @app.get("/health")

@@ -20,8 +20,10 @@ examples. `--json` prints one JSON object per row (`index`, `score`, `failure`: 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,10 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"verify: --workers must be at least 1, got {args.workers}")
     if not args.timeout > 0:
         raise ConfigError(f"verify: --timeout must be positive, got {args.timeout}")
+    if not math.isfinite(args.failure_score):
+        raise ConfigError(
+            f"verify: --failure-score must be a finite number, got {args.failure_score}"
+        )
 
     from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
@@ -107,7 +113,8 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, each with prompt, response and reference.
+    """Rows of a JSONL file (or .jsonl.gz), each with string prompt, response and reference (a
+    numeric reference is taken as its text).
 
     Raises:
         DataError: the file is missing, a line is not a JSON object, or a column is missing;
@@ -118,7 +125,8 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         raise DataError(f"data file not found: {path}")
     rows = []
     try:
-        with file.open("rb") as f:
+        opener = gzip.open if file.name.endswith(".gz") else open
+        with opener(file, "rb") as f:
             for line_no, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
@@ -139,6 +147,15 @@ def read_rows(path: str) -> list[dict[str, Any]]:
                         f"{path}:{line_no}: missing column {', '.join(map(repr, missing))} "
                         f"(rows need {', '.join(COLUMNS)})"
                     )
+                for column in COLUMNS:
+                    value = row[column]
+                    if column == "reference" and isinstance(value, (int, float)):
+                        row[column] = value = str(value)  # a numeric answer column
+                    if not isinstance(value, str):
+                        kind = "null" if value is None else type(value).__name__
+                        raise DataError(
+                            f"{path}:{line_no}: column {column!r} is {kind}, expected a string"
+                        )
                 rows.append(row)
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({e})") from e

@@ -121,5 +121,72 @@ def test_reused_run_directory_is_refused(tmp_path):
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"stage": "sft", "step": 0}\n')
     result = rlstack("run", "--run-dir", str(run_dir), cwd=tmp_path)
-    assert_one_clear_error(result, "already holds a run")
+    assert_one_clear_error(result, "already holds metrics.jsonl")
     assert (run_dir / "metrics.jsonl").read_text() == '{"stage": "sft", "step": 0}\n'
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("grpo.failure_score=nan", "grpo.failure_score: must be a finite number"),
+        ("grpo.sampling.temperature=-1", "grpo.sampling.temperature"),
+        ("grpo.sampling.min_tokens=100", "grpo.sampling.min_tokens"),
+        ("grpo.sampling.max_tokens=1000", "leaves no room for the prompt"),
+        ("grpo.sampling.top_p=5", "grpo.sampling.top_p"),
+        ("rollout.dtype=float8", "rollout.dtype"),
+        ("sft.optim.lr=nan", "sft.optim.lr"),
+        ("sft.optim.betas=[0.9]", "sft.optim.betas"),
+        ("learner.cpus_per_worker=-1", "learner.cpus_per_worker"),
+        ("pretrain.seq_len=100000", "pretrain.seq_len"),
+        ("grpo.lam=5", "grpo.lam"),
+        ("rollout.gpu_memory_utilization=2", "rollout.gpu_memory_utilization"),
+    ],
+)
+def test_values_out_of_range_are_named_before_anything_starts(override, fragment, tmp_path):
+    assert_one_clear_error(rlstack("run", override, cwd=tmp_path), fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_preflight_leaves_the_users_run_directory_untouched(tmp_path):
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("keep me")
+    result = rlstack(
+        "run",
+        "--run-dir",
+        str(run_dir),
+        "sft.data.train=missing.jsonl",
+        "stages=[sft]",
+        cwd=tmp_path,
+    )
+    assert_one_clear_error(result, "missing.jsonl")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+    (run_dir / "config.yaml").write_text("my precious config")
+    assert_one_clear_error(rlstack("run", "--run-dir", str(run_dir), cwd=tmp_path), "config.yaml")
+    assert (run_dir / "config.yaml").read_text() == "my precious config"
+
+
+def test_built_in_verifier_option_errors_stop_the_run(tmp_path):
+    for args, fragment in [
+        ("{pattern: '('}", "invalid pattern"),
+        ("{patern: x}", "no option patern"),
+    ]:
+        result = rlstack(
+            "run",
+            "stages=[sft,grpo]",
+            f"grpo.verifier=[{{name: regex, args: {args}}}]",
+            cwd=tmp_path,
+        )
+        assert_one_clear_error(result, "regex", fragment)
+
+
+def test_checkpoint_of_the_wrong_kind_is_refused(tmp_path):
+    import json
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    result = rlstack(
+        "run", "stages=[ppo]", f"model.init={policy}", f"ppo.reward_model={policy}", cwd=tmp_path
+    )
+    assert_one_clear_error(result, "ppo.reward_model", "needs a reward model")

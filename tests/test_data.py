@@ -360,6 +360,9 @@ def test_row_slices_give_disjoint_parts_of_a_source(tmp_path):
         load_rows(f"{path}[5:2]", "text")
     with pytest.raises(DataError, match="not found"):
         load_rows(str(tmp_path / "missing.jsonl[:3]"), "text")
+    for bad in ("[-3:]", "[1:9:2]", "[a:b]"):
+        with pytest.raises(ConfigError, match=r"a row slice is \[start:stop\]"):
+            load_rows(f"d.jsonl{bad}", "text")
 
 
 def _stage_data(tmp_path, *overrides: str):

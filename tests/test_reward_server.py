@@ -186,6 +186,8 @@ def test_default_tokenization_is_the_reward_model_training_format(checkpoints, s
         ({"prompts": [1], "responses": [{"x": 1}]}, 422),
         ({"prompts": ["a"], "responses": ["b"], "temperature": 2}, 422),
         ({"prompts": ["a"], "responses": ["b"], "max_prompt_tokens": 0}, 422),
+        ({"prompts": ["a"], "responses": ["b"], "max_prompt_tokens": True}, 422),
+        ({"prompts": ["a"], "responses": ["b"], "ended": ["yes"]}, 422),
         ({"prompts": ["a"] * 4097, "responses": ["b"] * 4097}, 413),
     ],
 )
@@ -301,3 +303,10 @@ def test_client_reports_a_refused_request_without_retrying(server):
         post(f"{server['url']}/score", {"prompts": ["1+1"], "responses": ["2"]})[1]["scores"][0],
         abs=1e-6,
     )
+
+
+def test_unknown_path_and_method_answer_with_the_same_error_shape(server):
+    code, out = get(f"{server['url']}/nope")
+    assert code == 404 and isinstance(out["error"], str)
+    code, out = get(f"{server['url']}/score")
+    assert code == 405 and isinstance(out["error"], str)

@@ -124,6 +124,8 @@ def test_list_names_built_ins_and_installed_entry_points(tmp_path):
         ('{"prompt": "a", "response": "b", "reference": "c"}\n{"prompt": "a", "resp\n', ":2:"),
         ('{"prompt": "a", "response": "b", "reference": "c"}\n\n[1, 2]\n', ":3:"),
         ('{"prompt": "a", "response": "b"}\n', ":1: missing column 'reference'"),
+        ('{"prompt": null, "response": "b", "reference": "c"}\n', ":1: column 'prompt' is null"),
+        ('{"prompt": "a", "response": 7, "reference": "c"}\n', ":1: column 'response' is int"),
     ],
 )
 def test_bad_data_file_is_one_line_naming_file_and_line(work, content, where):

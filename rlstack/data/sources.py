@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
 ROW_SLICE = re.compile(r"(?P<source>.+)\[(?P<start>\d*):(?P<stop>\d*)\]")
+ANY_SLICE = re.compile(r".+\[[^\[\]]*:[^\[\]]*\]")  # what a user may have meant as a slice
 
 # Longest suffix first, so that "x.jsonl.gz" is not taken for a ".gz" of unknown kind.
 FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".txt", ".csv", ".parquet")
@@ -60,7 +61,13 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
     """
     if max_rows is not None and max_rows < 0:
         raise ConfigError(f"{source}: max_rows must be >= 0, got {max_rows}")
+    looks_sliced = ANY_SLICE.fullmatch(source)
     sliced = ROW_SLICE.fullmatch(source)
+    if looks_sliced and not sliced and not Path(source).expanduser().exists():
+        raise ConfigError(
+            f"{source}: a row slice is [start:stop] with whole numbers >= 0 "
+            "(like data.jsonl[:2000] or data.jsonl[2000:])"
+        )
     if sliced and not Path(source).expanduser().exists():
         start, stop = int(sliced["start"] or 0), sliced["stop"]
         stop = None if stop == "" else int(stop)

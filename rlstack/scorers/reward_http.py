@@ -48,7 +48,11 @@ class RemoteRewardModel:
         self.timeout_s, self.retries = timeout_s, retries
         self.where = f"{key}: " if key else ""
         parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{self.where}{url!r} is not a reward-model server URL")
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

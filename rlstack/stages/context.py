@@ -18,8 +18,13 @@ from rlstack.metrics import MetricsWriter
 logger = logging.getLogger(__name__)
 
 
-def check_checkpoint(key: str, path: str | None) -> None:
-    """A local checkpoint must be a directory with a config.json; other names go to the hub."""
+def check_checkpoint(key: str, path: str | None, scalar: bool | None = None) -> None:
+    """A local checkpoint must be a directory with a config.json; other names go to the hub.
+
+    With `scalar` True (a reward model) or False (a causal LM), a local checkpoint of the other
+    kind is refused too: a policy read as a reward model scores everything alike, and a reward
+    model read as a policy starts with a random output layer.
+    """
     if path is None or path == "random":
         return
     local = Path(path).expanduser()
@@ -31,6 +36,17 @@ def check_checkpoint(key: str, path: str | None) -> None:
             else ("does not exist")
         )
         raise ConfigError(f"{key}: {path} {what}")
+    if looks_local and scalar is not None:
+        from rlstack.model.build import is_scalar_checkpoint
+
+        try:
+            is_scalar = is_scalar_checkpoint(local)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {path} has a bad config.json ({err})") from None
+        if is_scalar != scalar:
+            what = "a reward model (scalar head)" if is_scalar else "a causal language model"
+            wanted = "a reward model" if scalar else "a causal language model (a policy)"
+            raise ConfigError(f"{key}: {path} is {what}; this needs {wanted}")
 
 
 # Row fields each stage reads; SFT also takes preference rows and learns their chosen reply.
@@ -154,7 +170,7 @@ class StageContext:
         from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
         from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
-        check_checkpoint("model.init", self.cfg.model.init)
+        check_checkpoint("model.init", self.cfg.model.init, scalar=False)
         have_reward_model = False
         for stage in self.cfg.stages:
             section = getattr(self.cfg, stage)
@@ -167,7 +183,7 @@ class StageContext:
                         section.reward_model, section.reward_timeout_s, key=key
                     ).check()
                 else:
-                    check_checkpoint(f"{stage}.reward_model", section.reward_model)
+                    check_checkpoint(f"{stage}.reward_model", section.reward_model, scalar=True)
                 if section.reward_model is None and not have_reward_model:
                     raise ConfigError(
                         f"{stage}: {_reward_model_use(section)} but no reward model comes "

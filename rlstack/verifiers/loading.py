@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rlstack.errors import PluginError
+from rlstack.errors import ConfigError, PluginError
 from rlstack.verifiers.exact import exact_match
 from rlstack.verifiers.format import think_answer
 from rlstack.verifiers.json_schema import json_schema
@@ -223,3 +223,20 @@ def check_options(fn: Verifier, options: dict[str, Any], spec: str) -> None:
         raise PluginError(
             f"verifier {spec!r}: cannot be called with (prompt, response, reference){what} ({exc})"
         ) from None
+    if options and any(fn is builtin for builtin in BUILTIN_VERIFIERS.values()):
+        # Built-ins take data columns as **extras, so a misspelt option would pass unnoticed:
+        # their options are exactly their keyword-only parameters. A trial call on empty
+        # strings then checks the values (a bad pattern, an unknown mode).
+        known = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise PluginError(
+                f"verifier {spec!r}: no option {', '.join(unknown)} "
+                f"(options: {', '.join(known) or 'none'})"
+            )
+        try:
+            fn("", "", "", **options)
+        except (PluginError, ConfigError) as exc:
+            raise PluginError(f"verifier {spec!r}: {exc}") from None
+        except Exception:
+            pass  # empty strings are not a real sample; only option errors matter here
