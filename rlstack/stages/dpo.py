@@ -4,7 +4,7 @@ Held-out figures: `eval/margin` is the mean implicit-reward margin
 `beta * ((logp(chosen) - ref(chosen)) - (logp(rejected) - ref(rejected)))` (0 at the start),
 `eval/logratio` the policy's own `logp(chosen) - logp(rejected)` (it starts at the
 reference's, `eval/ref_logratio`), and `eval/reward_accuracy` the share of pairs whose margin is
-positive.
+positive (a margin of exactly 0 counts half, so it is 0.5 at the start).
 """
 
 from __future__ import annotations
@@ -60,7 +60,10 @@ def run(ctx: StageContext) -> str:
                 "eval/margin": margin.mean().item(),
                 "eval/logratio": logratio.mean().item(),
                 "eval/ref_logratio": ref_logratio.mean().item(),
-                "eval/reward_accuracy": (margin > 0).float().mean().item(),
+                # A tie (the policy still equals the reference) counts half, like a coin flip.
+                "eval/reward_accuracy": ((margin > 0).float() + 0.5 * (margin == 0).float())
+                .mean()
+                .item(),
                 "eval/pairs": len(margin),
             },
         )
