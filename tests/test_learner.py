@@ -1,5 +1,6 @@
 """DeepSpeed learner groups on the real engine: data-parallel ranks over gloo and ZeRO stages."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -71,8 +72,11 @@ def test_two_ranks_train_in_step_and_save_one_checkpoint(zero_stage, init_dir, r
         evals = ray.get([w.lm_eval.remote(pattern_batch(2)) for w in group.workers])
         assert evals[0]["loss_sum"] == pytest.approx(evals[1]["loss_sum"], rel=1e-6)
         group.save(str(tmp_path / "ckpt"))
+        rendezvous_dir = os.path.dirname(group._store)
+        assert os.path.isdir(rendezvous_dir)
     finally:
         group.shutdown()
+    assert not os.path.exists(rendezvous_dir)  # the file store does not outlive the group
     saved = load_causal_lm(tmp_path / "ckpt").eval()
     batch = pattern_batch(2)
     with torch.no_grad():

@@ -8,6 +8,8 @@ ranks' metrics averaged; inference calls return the ranks' outputs concatenated 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from typing import Any
 
 import ray
@@ -91,6 +93,7 @@ class LearnerGroup:
         wait_started(self.name, [w.ready.remote() for w in self.workers], self.request, timeout_s)
         if self.spec.trainable:
             addr, port, store = ray.get(self.workers[0].rendezvous.remote())
+            self._store = store
             ray.get([w.init_engine.remote(addr, port, store) for w in self.workers])
         params = ray.get(self.workers[0].ready.remote())
         logger.info(
@@ -138,3 +141,7 @@ class LearnerGroup:
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        store = getattr(self, "_store", None)
+        if store:  # a loopback run's file store, on this machine: remove its directory
+            shutil.rmtree(os.path.dirname(store), ignore_errors=True)
+            self._store = None
