@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from rlstack.data.sources import jsonl_rows
 from rlstack.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -127,20 +128,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     try:
         opener = gzip.open if file.name.endswith(".gz") else open
         with opener(file, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: row is not valid UTF-8 ({e})") from e
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: malformed JSON row ({e})") from e
-                if not isinstance(row, dict):
-                    kind = type(row).__name__
-                    raise DataError(f"{path}:{line_no}: row is not a JSON object (got {kind})")
+            for line_no, row in jsonl_rows(f, path):
                 missing = [c for c in COLUMNS if c not in row]
                 if missing:
                     raise DataError(

@@ -140,7 +140,13 @@ def _take(rows: Iterator[dict], max_rows: int | None) -> list[dict]:
 
 
 def _iter_jsonl(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[dict]:
-    """Yield one dict per non-blank JSON line; a bad line raises DataError at `where:line`.
+    """Yield one dict per non-blank JSON line; a bad line raises DataError at `where:line`."""
+    return (row for _, row in jsonl_rows(lines, where))
+
+
+def jsonl_rows(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
+    """Yield `(line number, dict)` per non-blank JSON line; a bad line raises DataError at
+    `where:line`.
 
     Byte lines are decoded here, one at a time, so that invalid UTF-8 is reported with its line.
     """
@@ -159,7 +165,7 @@ def _iter_jsonl(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[
         if not isinstance(row, dict):
             kind = type(row).__name__
             raise DataError(f"{where}:{line_no}: row is not a JSON object (got {kind})")
-        yield row
+        yield line_no, row
 
 
 def _read_json(text: str, where: str, max_rows: int | None) -> list[dict]:
