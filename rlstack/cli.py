@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from rlstack.errors import RLStackError
+from rlstack.errors import user_error
 
 logger = logging.getLogger("rlstack")
 
@@ -108,18 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error(err: BaseException) -> RLStackError | None:
-    """The user-facing error behind `err`, also when raised inside a Ray actor."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, RLStackError):
-            return err
-        cause = getattr(err, "cause", None)
-        err = cause if isinstance(cause, BaseException) else err.__cause__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -143,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print("rlstack: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        user = _user_error(err)
+        user = user_error(err)
         if user is None:
             raise
         print(f"rlstack: error: {user}", file=sys.stderr)

@@ -5,6 +5,8 @@ subclass of `RLStackError`. The command line prints its message on one line and 
 nonzero status, without a traceback; anything else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class RLStackError(Exception):
     """An error the user can fix; its message names the place (file, line, key)."""
@@ -20,3 +22,16 @@ class DataError(RLStackError):
 
 class PluginError(RLStackError):
     """A verifier or other plug-in named in the config cannot be loaded or called."""
+
+
+def user_error(err: BaseException | None) -> RLStackError | None:
+    """The RLStackError behind `err`, also when it was raised inside a Ray actor (Ray wraps it;
+    the original is its `cause`), or None when there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RLStackError):
+            return err
+        cause = getattr(err, "cause", None)
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+    return None

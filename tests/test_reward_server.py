@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 import torch
 from conftest import free_ports
+from tiny_config import TINY
 
 from rlstack.config import load_config
 from rlstack.driver import run_pipeline
@@ -34,16 +35,6 @@ from rlstack.stages.batches import (
     rollout_batch,
 )
 
-TINY = [
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    "model.ffn_size=128",
-    "model.expert_size=64",
-    "model.max_seq_len=128",
-    "learner.threads=1",
-    "rollout.threads=1",
-]
 SERVER_START_TIMEOUT_S = 120.0
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

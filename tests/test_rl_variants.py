@@ -7,21 +7,12 @@ from that checkpoint through the same driver and RL loop, on Ray with DeepSpeed 
 import math
 
 import pytest
+from tiny_config import TINY
 
 from rlstack.config import load_config
 from rlstack.driver import run_pipeline
 from rlstack.metrics import read_metrics
 
-TINY = [
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    "model.ffn_size=128",
-    "model.expert_size=64",
-    "model.max_seq_len=128",
-    "learner.threads=1",
-    "rollout.threads=1",
-]
 RL = [
     "grpo.steps=3",
     "grpo.prompts_per_step=4",

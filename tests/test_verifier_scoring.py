@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 from test_verifier_api import make_distribution
+from tiny_config import TINY
 
 from rlstack.config import load_config
 from rlstack.driver import run_pipeline
@@ -264,14 +265,7 @@ def test_grpo_run_with_a_hanging_verifier_and_a_weighted_reward_model_completes(
     cfg = load_config(
         None,
         [
-            "model.hidden_size=64",
-            "model.num_heads=2",
-            "model.num_kv_heads=1",
-            "model.ffn_size=128",
-            "model.expert_size=64",
-            "model.max_seq_len=128",
-            "learner.threads=1",
-            "rollout.threads=1",
+            *TINY,
             "stages=[pretrain,reward_model,grpo]",
             "pretrain.steps=2",
             "pretrain.seq_len=64",

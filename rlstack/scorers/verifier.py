@@ -31,7 +31,7 @@ from typing import Any
 
 import ray
 
-from rlstack.errors import PluginError, RLStackError
+from rlstack.errors import PluginError, RLStackError, user_error
 from rlstack.scorers.verifier_worker import Item, VerifierWorker, call_mode, column_names
 from rlstack.verifiers import check_options, load_verifier
 from rlstack.verifiers.api import Outcome, failed
@@ -345,7 +345,7 @@ class VerifierScorer:
         try:
             slot.pid = ray.get(slot.ready_ref)
         except Exception as exc:
-            cause = _user_error(exc)
+            cause = user_error(exc)
             if cause is not None:
                 raise PluginError(f"a verifier worker could not start: {cause}") from exc
             raise
@@ -359,15 +359,3 @@ class VerifierScorer:
 def _split(indices: list[int], parts: int) -> list[list[int]]:
     size = max(1, math.ceil(len(indices) / parts))
     return [indices[a : a + size] for a in range(0, len(indices), size)]
-
-
-def _user_error(err: BaseException | None) -> RLStackError | None:
-    """The RLStackError behind an actor's start-up failure, if it was one."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, RLStackError):
-            return err
-        cause = getattr(err, "cause", None)
-        err = cause if isinstance(cause, BaseException) else err.__cause__
-    return None
