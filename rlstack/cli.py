@@ -1,6 +1,7 @@
 """Command line: `rlstack run`, `rlstack submit`, `rlstack verify`, `rlstack serve-rm`.
 
     rlstack run [CONFIG] [--run-dir DIR] [dotted.key=value ...]
+    rlstack run --resume RUN_DIR [ray.address=... and other keys that do not change results]
     rlstack submit CONFIG --address http://127.0.0.1:8265 [--run-dir DIR] [key=value ...]
     rlstack verify VERIFIER DATA.jsonl [--json] [--timeout S] [--workers N] [--arg k=v ...]
     rlstack serve-rm CHECKPOINT [--host 127.0.0.1] [--port 8000] [--batch-size N] [--threads N]
@@ -33,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     from rlstack.config import load_config
     from rlstack.runtime import apply_env
 
+    if args.resume is not None:
+        return _resume(args)
     cfg = load_config(args.config, args.overrides)
     joins_cluster = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
     apply_env(loopback=cfg.ray.loopback and not joins_cluster)
@@ -40,6 +43,29 @@ def _run(args: argparse.Namespace) -> int:
     from rlstack.driver import run_pipeline
 
     run_dir = run_pipeline(cfg, args.run_dir)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """`run --resume RUN_DIR`: the config comes from the run directory."""
+    from rlstack.errors import ConfigError
+    from rlstack.runtime import apply_env
+
+    if args.config is not None or args.run_dir is not None:
+        given = "a config file" if args.config is not None else "--run-dir"
+        raise ConfigError(
+            f"--resume: {given} cannot be given; a resumed run uses RUN_DIR/config.yaml"
+        )
+    from rlstack.resume import resume_config
+
+    cfg = resume_config(args.resume, args.overrides)
+    joins_cluster = cfg.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+    apply_env(loopback=cfg.ray.loopback and not joins_cluster)
+
+    from rlstack.driver import resume_pipeline
+
+    run_dir = resume_pipeline(args.resume, args.overrides)
     print(f"run directory: {run_dir}")
     return 0
 
@@ -72,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the configured stages on this machine or cluster")
     run.add_argument("config", nargs="?", default=None, help="YAML config (default: embedded)")
     run.add_argument("--run-dir", default=None, help="output directory (default: runs/<time>)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue a stopped run from its newest saved state, with its own config",
+    )
     run.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     run.set_defaults(func=_run)
 

@@ -124,6 +124,8 @@ class PretrainConfig:
     seq_len: int = 128  # tokens per sequence
     eval_every: int = 50  # steps; 0 disables periodic eval (a final eval always runs)
     eval_batches: int = 4
+    save_every: int = 50  # steps between resumable states (weights, optimizer, data position)
+    # under RUN_DIR/state/<stage>/, from which `rlstack run --resume RUN_DIR` restarts; 0: off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3))
 
 
@@ -136,6 +138,8 @@ class SFTConfig:
     batch_size: int = 32
     eval_every: int = 50
     eval_batches: int = 4
+    save_every: int = 50  # steps between resumable states (weights, optimizer, data position)
+    # under RUN_DIR/state/<stage>/, from which `rlstack run --resume RUN_DIR` restarts; 0: off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
 
 
@@ -148,6 +152,8 @@ class RewardModelConfig:
     batch_size: int = 16  # pairs per step
     eval_every: int = 50
     eval_batches: int = 4
+    save_every: int = 50  # steps between resumable states (weights, optimizer, data position)
+    # under RUN_DIR/state/<stage>/, from which `rlstack run --resume RUN_DIR` restarts; 0: off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
 
 
@@ -163,6 +169,8 @@ class DPOConfig:
     beta: float = 0.1  # strength of the implicit KL to the reference
     eval_every: int = 50
     eval_batches: int = 4
+    save_every: int = 50  # steps between resumable states (weights, optimizer, data position)
+    # under RUN_DIR/state/<stage>/, from which `rlstack run --resume RUN_DIR` restarts; 0: off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=5))
 
 
@@ -219,6 +227,8 @@ class RLConfig:
     max_staleness: int = 1  # 0: generate after each update; 1: overlap the next rollout
     eval_every: int = 10
     eval_prompts: int = 64
+    save_every: int = 10  # steps between resumable states (weights, optimizer, data position)
+    # under RUN_DIR/state/<stage>/, from which `rlstack run --resume RUN_DIR` restarts; 0: off
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=0))
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=0))
@@ -426,7 +436,7 @@ def validate(cfg: Config) -> None:
     for name in ("pretrain", "sft", "reward_model", "dpo"):
         section = getattr(cfg, name)
         _positive(section, name, "steps", "batch_size")
-        _not_negative(section, name, "eval_every", "eval_batches")
+        _not_negative(section, name, "eval_every", "eval_batches", "save_every")
         _check_optim(section.optim, f"{name}.optim")
     _positive(cfg.pretrain, "pretrain", "seq_len")
     if "pretrain" in cfg.stages and cfg.pretrain.seq_len > cfg.model.max_seq_len:
@@ -463,7 +473,9 @@ def validate(cfg: Config) -> None:
             "verifier_workers",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
-        _not_negative(rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries")
+        _not_negative(
+            rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries", "save_every"
+        )
         if rl.reward_timeout_s <= 0:
             raise ConfigError(
                 f"{name}.reward_timeout_s: must be positive, got {rl.reward_timeout_s}"

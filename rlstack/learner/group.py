@@ -133,6 +133,15 @@ class LearnerGroup:
         ray.get(refs[1:])
         return refs[0]
 
+    def save_state(self, path: str) -> list[dict[str, Any]]:
+        """Save every rank's training state (DeepSpeed checkpoint) under `path`; returns the
+        ranks' digests of it."""
+        return ray.get([w.save_state.remote(path) for w in self.workers])
+
+    def load_state(self, path: str) -> list[dict[str, Any]]:
+        """Restore every rank from `save_state`'s directory; returns the ranks' digests."""
+        return ray.get([w.load_state.remote(path) for w in self.workers])
+
     def save(self, path: str) -> None:
         ray.get([w.save.remote(path) for w in self.workers])
         logger.info("%s: saved checkpoint to %s", self.name, path)

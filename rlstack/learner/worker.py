@@ -25,6 +25,8 @@ from rlstack.learner.objectives import Objectives
 
 logger = logging.getLogger(__name__)
 
+STATE_TAG = "engine"  # the DeepSpeed checkpoint tag of a resumable state
+
 
 @dataclass
 class ModelSpec:
@@ -222,6 +224,59 @@ class LearnerWorker(Objectives):
         if self.rank != 0:
             return None
         return save({k: v.float().contiguous() for k, v in state.items()})
+
+    # ------------------------------------------------------- resumable state
+    def save_state(self, path: str) -> dict[str, Any]:
+        """Write this rank's training state (weights, optimizer, LR schedule, step count, RNG)
+        as a DeepSpeed checkpoint under `path`; every rank must call it. Returns the digest of
+        what was saved (`state_digest`)."""
+        client = {"steps": self.steps, "torch_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(path, tag=STATE_TAG, client_state=client, save_latest=False)
+        return self.state_digest()
+
+    def load_state(self, path: str) -> dict[str, Any]:
+        """Restore what `save_state` wrote (same world size and ZeRO stage); every rank must
+        call it. Returns the digest of the restored state, before any further update."""
+        from rlstack.errors import RLStackError
+
+        loaded, client = self.engine.load_checkpoint(
+            path, tag=STATE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if loaded is None:
+            raise RLStackError(f"{path}: no learner state to restore (rank {self.rank})")
+        self.steps = client["steps"]
+        torch.set_rng_state(client["torch_rng"])
+        return self.state_digest()
+
+    def state_digest(self) -> dict[str, Any]:
+        """SHA-256 digests of the weights (all ranks' consolidated weights) and of this rank's
+        optimizer state, with the optimizer's step count and the LR schedule's position."""
+        import hashlib
+
+        weights = hashlib.sha256()
+        for name, tensor in sorted(self._full_state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().float().contiguous().numpy().tobytes())
+        optimizer = self.engine.optimizer
+        while hasattr(optimizer, "optimizer"):  # ZeRO / bf16 wrappers hold the torch optimizer
+            optimizer = optimizer.optimizer
+        moments, adam_steps = hashlib.sha256(), 0
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                for key, value in sorted(optimizer.state.get(param, {}).items()):
+                    value = value if torch.is_tensor(value) else torch.tensor(value)
+                    moments.update(key.encode())
+                    moments.update(value.detach().float().contiguous().numpy().tobytes())
+                    if key == "step":
+                        adam_steps = int(value.item())
+        scheduler = self.engine.lr_scheduler
+        return {
+            "weights_sha256": weights.hexdigest(),
+            "optimizer_sha256": moments.hexdigest(),
+            "optimizer_steps": adam_steps,
+            "lr_schedule_step": getattr(scheduler, "last_epoch", None),
+            "rank": self.rank,
+        }
 
     def save(self, path: str) -> None:
         """Write an HF checkpoint directory (rank 0 writes; every rank must call it)."""

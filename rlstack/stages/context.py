@@ -106,6 +106,8 @@ class StageContext:
     reward_model_path: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     data_cache: dict[str, tuple[list, list]] = field(default_factory=dict)
+    resume: bool = False  # restore the stage in progress from its newest state (rlstack.driver)
+    step: int = 0  # the step the running stage is at (0: starting), for error messages
 
     def tokenizer(self):
         """The shared tokenizer: the current checkpoint's, or the built-in character one."""

@@ -18,6 +18,7 @@ from rlstack.errors import ConfigError
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.evaluation import chunks, train_steps
+from rlstack.stages.state import StageState, random_state
 
 STAGE = "dpo"
 
@@ -77,8 +78,17 @@ def run(ctx: StageContext) -> str:
         out["pairs_per_s"] = len(rows) / (time.time() - t0)
         return out
 
+    state = StageState(
+        ctx,
+        STAGE,
+        c.save_every,
+        {"policy": policy},
+        lambda: {"rng": rng.getstate()},
+        lambda saved: rng.setstate(random_state(saved["rng"])),
+        len(train),
+    )
     try:
-        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
+        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
         path = ctx.checkpoint_dir(STAGE)
         policy.save(path)
         return path

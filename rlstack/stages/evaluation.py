@@ -9,6 +9,7 @@ import torch
 
 from rlstack.learner.group import LearnerGroup
 from rlstack.stages.context import StageContext
+from rlstack.stages.state import StageState
 
 
 def lm_val_loss(learner: LearnerGroup, batches: Iterable[dict[str, torch.Tensor]]) -> float:
@@ -33,14 +34,22 @@ def train_steps(
     eval_every: int,
     step_fn: Callable[[int], dict[str, float]],
     evaluate: Callable[[int], None],
+    state: StageState,
 ) -> None:
     """The step loop of a supervised stage: evaluate at step 0, every `eval_every` steps and
-    after the last step; log `step_fn`'s metrics every 10 steps and at the last."""
-    evaluate(0)
-    for step in range(1, steps + 1):
+    after the last step; log `step_fn`'s metrics every 10 steps and at the last; save the
+    resumable `state` every `state.save_every` steps. A resumed run continues after the step
+    of the restored state (its step-0 evaluation is not repeated)."""
+    start = state.restore()
+    if start == 0:
+        evaluate(0)
+    for step in range(start + 1, steps + 1):
+        ctx.step = step
         out = step_fn(step)
         if step % 10 == 0 or step == steps:
             ctx.log(stage, step, out)
         if eval_every and step % eval_every == 0 and step != steps:
             evaluate(step)
+        if state.due(step, steps):
+            state.save(step)
     evaluate(steps)

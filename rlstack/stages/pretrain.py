@@ -20,6 +20,7 @@ from rlstack.stages.batches import (
 )
 from rlstack.stages.context import StageContext
 from rlstack.stages.evaluation import lm_val_loss, train_steps
+from rlstack.stages.state import StageState, tensor_from_state, tensor_state
 
 logger = logging.getLogger(__name__)
 STAGE = "pretrain"
@@ -63,7 +64,16 @@ def run(ctx: StageContext) -> str:
         out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
         return out
 
-    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
+    state = StageState(
+        ctx,
+        STAGE,
+        c.save_every,
+        {"policy": learner},
+        lambda: {"generator": tensor_state(gen.get_state())},
+        lambda saved: gen.set_state(tensor_from_state(saved["generator"])),
+        len(train_stream),
+    )
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()

@@ -11,6 +11,7 @@ import time
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.evaluation import chunks, train_steps
+from rlstack.stages.state import StageState, random_state
 
 STAGE = "reward_model"
 
@@ -55,7 +56,16 @@ def run(ctx: StageContext) -> str:
         out["pairs_per_s"] = len(rows) / (time.time() - t0)
         return out
 
-    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
+    state = StageState(
+        ctx,
+        STAGE,
+        c.save_every,
+        {"policy": learner},
+        lambda: {"rng": rng.getstate()},
+        lambda saved: rng.setstate(random_state(saved["rng"])),
+        len(train),
+    )
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()

@@ -32,6 +32,7 @@ from rlstack.scorers.reward_http import RemoteRewardModel
 from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
+from rlstack.stages.state import StageState
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,19 @@ class PromptSampler:
             out.append(self._order[self.index])
             self.index += 1
         return out
+
+    def state(self) -> dict[str, int]:
+        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        """Continue from a position `state()` returned (for the same prompts and seed)."""
+        if (state["n"], state["seed"]) != (self.n, self.seed):
+            raise ValueError(
+                f"sampler state of {state['n']} prompts (seed {state['seed']}) does not fit "
+                f"{self.n} prompts (seed {self.seed})"
+            )
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffle()
 
 
 @dataclass
@@ -119,6 +133,7 @@ class RLStage:
         self.tokenizer = ctx.tokenizer()
         self.max_prompt = ctx.cfg.model.max_seq_len - c.sampling.max_tokens
         self.sampler = PromptSampler(len(self.train_rows), ctx.cfg.seed)
+        self._next_prompts: list[int] | None = None  # the prompts of a saved next rollout
         self.roles = start_roles(ctx, stage, c)
         self.sampling = vars(c.sampling).copy()
         self.adv_spec = AdvantageSpec(
@@ -151,8 +166,11 @@ class RLStage:
         }
 
     # -------------------------------------------------------------- rollout
-    def _start_rollout(self, step: int) -> tuple[list[int], list[list[int]], Any]:
-        indices = self.sampler.take(self.c.prompts_per_step)
+    def _start_rollout(
+        self, step: int, indices: list[int] | None = None
+    ) -> tuple[list[int], list[list[int]], Any]:
+        if indices is None:
+            indices = self.sampler.take(self.c.prompts_per_step)
         ids = [
             prompt_ids(self.tokenizer, self.train_rows[i]["prompt"], self.max_prompt)
             for i in indices
@@ -353,13 +371,51 @@ class RLStage:
             values["eval/checkpoint"] = label
         self.ctx.log(self.stage, step, values)
 
+    # ---------------------------------------------------------------- state
+    def _state(self) -> StageState:
+        """The resumable state: learners, the sampler's position, the prompts of the rollout
+        already started for the next step, and the (adaptive) KL coefficient."""
+        learners = {"policy": self.roles.policy}
+        if self.roles.critic is not None:
+            learners["critic"] = self.roles.critic
+
+        def data_state() -> dict[str, Any]:
+            return {
+                "sampler": self.sampler.state(),
+                "next_prompts": self._next_prompts,
+                "kl_coef": self.kl_ctl.value,
+            }
+
+        def load_data_state(saved: dict[str, Any]) -> None:
+            self.sampler.load_state(saved["sampler"])
+            self._next_prompts = saved["next_prompts"]
+            self.kl_ctl.value = self.algo["kl_coef"] = saved["kl_coef"]
+
+        return StageState(
+            self.ctx,
+            self.stage,
+            self.c.save_every,
+            learners,
+            data_state,
+            load_data_state,
+            len(self.train_rows),
+        )
+
     # ----------------------------------------------------------------- loop
     def run(self, start_label: str | None) -> str:
         c, rollout_group = self.c, self.roles.rollout
-        self.evaluate(0, start_label)
-        pending = self._start_rollout(1)
+        state = self._state()
+        start = state.restore()
+        if start == 0:
+            self.evaluate(0, start_label)
+            pending = self._start_rollout(1)
+        else:
+            # The engines loaded the stage's starting checkpoint: give them the restored weights.
+            rollout_group.update_weights(self.roles.policy.weights_blob_ref())
+            pending = self._start_rollout(start + 1, self._next_prompts)
         sync_refs: list = []
-        for step in range(1, c.steps + 1):
+        for step in range(start + 1, c.steps + 1):
+            self.ctx.step = step
             t0 = time.time()
             rollout = self._finish_rollout(pending)
             t_rollout = time.time() - t0
@@ -399,6 +455,9 @@ class RLStage:
             self.ctx.log(self.stage, step, stats)
             if (c.eval_every and step % c.eval_every == 0) or step == c.steps:
                 self.evaluate(step)
+            if state.due(step, c.steps):
+                self._next_prompts = pending[0]  # the rollout of step + 1, already started
+                state.save(step)
         rollout_group.wait(sync_refs)
         path = self.ctx.checkpoint_dir(self.stage)
         self.roles.policy.save(path)

@@ -8,6 +8,7 @@ import time
 from rlstack.stages.batches import sft_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.evaluation import chunks, lm_val_loss, train_steps
+from rlstack.stages.state import StageState, random_state
 
 STAGE = "sft"
 
@@ -39,7 +40,20 @@ def run(ctx: StageContext) -> str:
         out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
         return out
 
-    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate)
+    def load_data_state(saved: dict) -> None:
+        rng.setstate(random_state(saved["rng"]))
+        order[:] = saved["order"]
+
+    state = StageState(
+        ctx,
+        STAGE,
+        c.save_every,
+        {"policy": learner},
+        lambda: {"rng": rng.getstate(), "order": order},
+        load_data_state,
+        len(train),
+    )
+    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
     path = ctx.checkpoint_dir(STAGE)
     learner.save(path)
     learner.shutdown()

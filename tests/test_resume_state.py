@@ -1,0 +1,180 @@
+"""The pieces of a resumable run: atomic state directories, the done marker, metrics trimming,
+the prompt sampler's position, and a real DeepSpeed learner saving and restoring its state."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load as load_safetensors
+
+from rlstack.learner.group import LearnerGroup
+from rlstack.learner.worker import ModelSpec
+from rlstack.model.build import new_causal_lm, save_model
+from rlstack.stages.rl import PromptSampler
+from rlstack.stages.state import (
+    keep_metrics,
+    latest_state,
+    mark_done,
+    read_done,
+    stage_state_dir,
+    write_state,
+)
+
+
+# ------------------------------------------------------------------ sampler
+def test_prompt_sampler_continues_from_a_saved_position_across_epochs():
+    uninterrupted = PromptSampler(7, seed=3)
+    expected = [uninterrupted.take(3) for _ in range(6)]  # crosses two epoch boundaries
+
+    first = PromptSampler(7, seed=3)
+    taken = [first.take(3) for _ in range(4)]
+    saved = json.loads(json.dumps(first.state()))  # through JSON, as meta.json stores it
+    resumed = PromptSampler(7, seed=3)
+    resumed.load_state(saved)
+    taken += [resumed.take(3) for _ in range(2)]
+    assert taken == expected
+    assert saved == {"n": 7, "seed": 3, "epoch": 1, "index": 5}
+
+
+def test_prompt_sampler_refuses_a_state_of_other_data():
+    sampler = PromptSampler(7, seed=3)
+    with pytest.raises(ValueError, match="7"):
+        sampler.load_state({"n": 8, "seed": 3, "epoch": 0, "index": 2})
+
+
+# ------------------------------------------------------------ state folders
+def test_state_is_written_atomically_and_only_the_newest_two_are_kept(tmp_path):
+    def parts(tmp):
+        (tmp / "policy").mkdir()
+        (tmp / "policy" / "weights.bin").write_bytes(b"w")
+        return {"digests": {"policy": "abc"}}
+
+    for step in (2, 4, 6):
+        write_state(tmp_path, "sft", step, {"data": {"step": step}}, parts)
+    root = stage_state_dir(tmp_path, "sft")
+    assert sorted(p.name for p in root.iterdir()) == ["step-000004", "step-000006"]
+    saved = latest_state(tmp_path, "sft")
+    assert saved.step == 6 and saved.meta["data"] == {"step": 6}
+    assert saved.meta["digests"] == {"policy": "abc"}
+
+    def broken(tmp):
+        (tmp / "policy").mkdir()
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_state(tmp_path, "sft", 8, {"data": {}}, broken)
+    assert latest_state(tmp_path, "sft").step == 6  # the failed save left no state behind
+    assert not (root / "step-000008").exists()
+    # A later save of that step replaces the temporary leftovers.
+    write_state(tmp_path, "sft", 8, {"data": {}}, parts)
+    assert latest_state(tmp_path, "sft").step == 8
+    assert sorted(p.name for p in root.iterdir()) == ["step-000006", "step-000008"]
+
+
+def test_an_unreadable_newest_state_falls_back_to_the_older_one(tmp_path):
+    write_state(tmp_path, "grpo", 1, {"data": {}})
+    newest = write_state(tmp_path, "grpo", 2, {"data": {}})
+    (newest / "meta.json").write_text("{cut sh")
+    assert latest_state(tmp_path, "grpo").step == 1
+    assert latest_state(tmp_path, "ppo") is None
+
+
+def test_done_marker_needs_the_checkpoint_and_clears_the_step_states(tmp_path):
+    write_state(tmp_path, "sft", 2, {"data": {}})
+    ckpt = tmp_path / "checkpoints" / "sft"
+    mark_done(tmp_path, "sft", str(ckpt), 12.5)
+    assert latest_state(tmp_path, "sft") is None
+    assert read_done(tmp_path, "sft") is None  # no checkpoint: not done
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")
+    assert read_done(tmp_path, "sft") == {"checkpoint": str(ckpt.resolve()), "seconds": 12.5}
+    # Stored relative to the run directory, so a moved run directory still finds it.
+    done = json.loads((stage_state_dir(tmp_path, "sft") / "done.json").read_text())
+    assert done["checkpoint"] == "checkpoints/sft"
+
+
+def test_metrics_keep_finished_stages_and_steps_up_to_the_restored_one(tmp_path):
+    rows = [("sft", 0), ("sft", 10), ("grpo", 0), ("grpo", 1), ("grpo", 2), ("grpo", 3)]
+    text = "".join(json.dumps({"stage": s, "step": n}) + "\n" for s, n in rows)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"stage": "grpo", "st')
+    assert keep_metrics(tmp_path, ["sft"], "grpo", 2) == 2
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in kept] == rows[:5]
+    assert keep_metrics(tmp_path, ["sft"], "grpo", 0) == 3  # no state: the stage reruns
+    kept = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in kept] == ["sft", "sft"]
+
+
+# ------------------------------------------------------------------ learner
+OPTIM = {
+    "lr": 3e-3,
+    "betas": [0.9, 0.95],
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+    "warmup_steps": 2,
+    "min_lr_ratio": 0.1,
+}
+
+
+def batch(seed: int) -> dict[str, torch.Tensor]:
+    rng = random.Random(seed)
+    ids = torch.tensor([[rng.randrange(5, 40) for _ in range(24)] for _ in range(4)])
+    ones = torch.ones_like(ids)
+    return {"input_ids": ids, "attention_mask": ones, "loss_mask": ones}
+
+
+def weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
+    return load_safetensors(ray.get(group.weights_blob_ref()))
+
+
+def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, tmp_path):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(
+        arch="llama4",
+        hidden_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        ffn_size=128,
+        expert_size=64,
+        num_experts=4,
+        experts_per_token=1,
+        max_seq_len=64,
+        rope_theta=10000.0,
+    )
+    model, tokenizer = new_causal_lm(cfg, seed=0)
+    save_model(model, tokenizer, tmp_path / "init")
+    spec = ModelSpec(
+        kind="causal_lm",
+        init_path=str(tmp_path / "init"),
+        optim=OPTIM,
+        total_steps=8,
+        micro_batch_size=2,
+        grad_accum=2,
+        threads=1,
+    )
+    group = LearnerGroup("policy", spec, cpus_per_worker=0.5, env_vars=ray_local).start()
+    try:
+        for i in range(3):
+            group.train("lm_step", batch(i))
+        saved = group.save_state(str(tmp_path / "state" / "policy"))
+        at_save = weights(group)
+        later = [group.train("lm_step", batch(i)) for i in (3, 4)]
+        assert not torch.equal(weights(group)["lm_head.weight"], at_save["lm_head.weight"])
+
+        restored = group.load_state(str(tmp_path / "state" / "policy"))
+        assert restored == saved
+        assert saved[0]["optimizer_steps"] == 3 and saved[0]["lr_schedule_step"] == 3
+        after_load = weights(group)
+        assert after_load.keys() == at_save.keys()
+        assert all(torch.equal(after_load[k], at_save[k]) for k in at_save)
+        # Adam's moments and the LR schedule came back too: the same updates follow.
+        again = [group.train("lm_step", batch(i)) for i in (3, 4)]
+        assert again == later
+    finally:
+        group.shutdown()
