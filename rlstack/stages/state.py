@@ -251,17 +251,21 @@ class StageState:
                 f"{self.stage}.data: the training data has {self.train_rows} rows, but the state "
                 f"in {saved.path} was saved with {rows}; the data changed since the run started"
             )
-        restored = {}
+        expected, restored = saved.meta.get("digests", {}), {}
         for name, learner in self.learners.items():
             restored[name] = learner.load_state(str(saved.path / name))
-            expected = saved.meta.get("digests", {}).get(name)
-            if restored[name] != expected:
+            if restored[name] != expected.get(name):
                 raise RLStackError(
                     f"{self.stage}: the {name} restored from {saved.path} differs from the one "
-                    f"saved (saved {expected}, restored {restored[name]})"
+                    f"saved (saved {expected.get(name)}, restored {restored[name]})"
                 )
         self.load_data_state(saved.meta["data"])
-        self.restored = {"step": saved.step, "state": str(saved.path), "restored": restored}
+        self.restored = {
+            "step": saved.step,
+            "state": str(saved.path),
+            "saved": expected,
+            "restored": restored,
+        }
         record = {"time": round(time.time(), 3), "stage": self.stage, **self.restored}
         with (Path(self.ctx.run_dir) / STATE_DIR / "resumes.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
