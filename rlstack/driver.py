@@ -184,6 +184,7 @@ def _run_stages(ctx: StageContext, run_dir: Path, finished: dict[str, dict]) -> 
                     if stopped is None:
                         raise
                     raise stopped from err
+                ctx.resume = False  # only the stage in progress continues from a state
                 durations[stage] = round(time.time() - t0, 1)
                 mark_done(run_dir, stage, path, durations[stage])
                 logger.info("stage %s: done in %.1fs", stage, durations[stage])

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 import ray
 import torch
 from safetensors.torch import load as load_safetensors
 
+from rlstack.errors import DataError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
 from rlstack.model.build import new_causal_lm, save_model
 from rlstack.stages.rl import PromptSampler
 from rlstack.stages.state import (
+    StageState,
     keep_metrics,
     latest_state,
     mark_done,
@@ -83,6 +86,21 @@ def test_an_unreadable_newest_state_falls_back_to_the_older_one(tmp_path):
     assert latest_state(tmp_path, "ppo") is None
 
 
+def test_a_stage_starting_afresh_removes_states_an_earlier_attempt_left(tmp_path):
+    write_state(tmp_path, "grpo", 10, {"train_rows": 4, "data": {}})
+    (stage_state_dir(tmp_path, "grpo") / ".step-000012.tmp").mkdir()
+
+    def stage_state(resume: bool) -> StageState:
+        ctx = SimpleNamespace(run_dir=tmp_path, resume=resume)
+        return StageState(ctx, "grpo", 2, {}, dict, lambda saved: None, train_rows=5)
+
+    with pytest.raises(DataError, match="has 5 rows, but the state .* was saved with 4"):
+        stage_state(resume=True).restore()  # resuming on other data is refused
+    assert latest_state(tmp_path, "grpo").step == 10
+    assert stage_state(resume=False).restore() == 0
+    assert list(stage_state_dir(tmp_path, "grpo").iterdir()) == []
+
+
 def test_done_marker_needs_the_checkpoint_and_clears_the_step_states(tmp_path):
     write_state(tmp_path, "sft", 2, {"data": {}})
     ckpt = tmp_path / "checkpoints" / "sft"
@@ -132,8 +150,6 @@ def weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
 
 
 def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, tmp_path):
-    from types import SimpleNamespace
-
     cfg = SimpleNamespace(
         arch="llama4",
         hidden_size=64,

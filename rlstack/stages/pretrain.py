@@ -73,8 +73,10 @@ def run(ctx: StageContext) -> str:
         lambda saved: gen.set_state(tensor_from_state(saved["generator"])),
         len(train_stream),
     )
-    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-    path = ctx.checkpoint_dir(STAGE)
-    learner.save(path)
-    learner.shutdown()
-    return path
+    try:
+        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
+        path = ctx.checkpoint_dir(STAGE)
+        learner.save(path)
+        return path
+    finally:
+        learner.shutdown()

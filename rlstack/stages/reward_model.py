@@ -65,8 +65,10 @@ def run(ctx: StageContext) -> str:
         lambda saved: rng.setstate(random_state(saved["rng"])),
         len(train),
     )
-    train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-    path = ctx.checkpoint_dir(STAGE)
-    learner.save(path)
-    learner.shutdown()
-    return path
+    try:
+        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
+        path = ctx.checkpoint_dir(STAGE)
+        learner.save(path)
+        return path
+    finally:
+        learner.shutdown()

@@ -129,7 +129,13 @@ def mark_done(run_dir: str | Path, stage: str, checkpoint: str, seconds: float) 
     if path.is_absolute() and path.is_relative_to(Path(run_dir).resolve()):
         path = path.relative_to(Path(run_dir).resolve())  # the run directory may move
     _write_json(root / DONE, {"checkpoint": str(path), "seconds": seconds})
-    for path in root.iterdir():
+    clear_states(run_dir, stage)
+
+
+def clear_states(run_dir: str | Path, stage: str) -> None:
+    """Remove every step state (and temporary leftover) of `stage`."""
+    root = stage_state_dir(run_dir, stage)
+    for path in root.iterdir() if root.is_dir() else []:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
 
@@ -238,12 +244,14 @@ class StageState:
         return path
 
     def restore(self) -> int:
-        """Restore the newest saved state when the run resumes; returns its step (0: none)."""
-        if not getattr(self.ctx, "resume", False):
-            return 0
-        saved = latest_state(self.ctx.run_dir, self.stage)
+        """Restore the newest saved state when the run resumes; returns its step (0: none).
+        A stage that starts afresh removes states an earlier attempt left (they would belong
+        to other weights)."""
+        saved = latest_state(self.ctx.run_dir, self.stage) if self.ctx.resume else None
         if saved is None:
-            logger.info("%s: no saved state; the stage starts from step 0", self.stage)
+            clear_states(self.ctx.run_dir, self.stage)
+            if self.ctx.resume:
+                logger.info("%s: no saved state; the stage starts from step 0", self.stage)
             return 0
         rows = saved.meta.get("train_rows")
         if rows != self.train_rows:
