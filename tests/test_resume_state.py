@@ -14,7 +14,7 @@ from safetensors.torch import load as load_safetensors
 
 from rlstack.errors import DataError
 from rlstack.learner.group import LearnerGroup
-from rlstack.learner.worker import ModelSpec
+from rlstack.learner.worker import ModelSpec, _lr_lambda
 from rlstack.model.build import new_causal_lm, save_model
 from rlstack.stages.rl import PromptSampler
 from rlstack.stages.state import (
@@ -176,8 +176,10 @@ def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, 
     )
     group = LearnerGroup("policy", spec, cpus_per_worker=0.5, env_vars=ray_local).start()
     try:
-        for i in range(3):
-            group.train("lm_step", batch(i))
+        first = [group.train("lm_step", batch(i)) for i in range(3)]
+        # The LR schedule counts optimizer steps (8 here), not micro-batches (16).
+        schedule = _lr_lambda(OPTIM, 8)
+        assert [m["lr"] for m in first] == pytest.approx([3e-3 * schedule(k) for k in (1, 2, 3)])
         saved = group.save_state(str(tmp_path / "state" / "policy"))
         at_save = weights(group)
         later = [group.train("lm_step", batch(i)) for i in (3, 4)]
@@ -192,5 +194,6 @@ def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, 
         # Adam's moments and the LR schedule came back too: the same updates follow.
         again = [group.train("lm_step", batch(i)) for i in (3, 4)]
         assert again == later
+        assert [m["lr"] for m in later] == pytest.approx([3e-3 * schedule(k) for k in (4, 5)])
     finally:
         group.shutdown()

@@ -148,8 +148,9 @@ class LearnerWorker(Objectives):
         optimizer = torch.optim.AdamW(
             params, lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"]
         )
+        # DeepSpeed steps the scheduler once per optimizer step (not per micro-batch).
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(o, self.spec.total_steps * self.spec.grad_accum)
+            optimizer, _lr_lambda(o, self.spec.total_steps)
         )
         ds_config = {
             "train_micro_batch_size_per_gpu": self.spec.micro_batch_size,
