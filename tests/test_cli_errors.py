@@ -190,3 +190,15 @@ def test_checkpoint_of_the_wrong_kind_is_refused(tmp_path):
         "run", "stages=[ppo]", f"model.init={policy}", f"ppo.reward_model={policy}", cwd=tmp_path
     )
     assert_one_clear_error(result, "ppo.reward_model", "needs a reward model")
+
+
+def test_checkpoint_shorter_than_max_seq_len_is_refused(tmp_path):
+    import json
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (policy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    result = rlstack("run", "stages=[grpo]", f"model.init={policy}", cwd=tmp_path)
+    assert_one_clear_error(result, "model.init", "holds at most 64 positions")
+    assert "model.max_seq_len=64" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,16 @@ from rlstack.metrics import MetricsWriter
 logger = logging.getLogger(__name__)
 
 
-def check_checkpoint(key: str, path: str | None, scalar: bool | None = None) -> None:
+def check_checkpoint(
+    key: str, path: str | None, scalar: bool | None = None, max_seq_len: int | None = None
+) -> None:
     """A local checkpoint must be a directory with a config.json; other names go to the hub.
 
     With `scalar` True (a reward model) or False (a causal LM), a local checkpoint of the other
     kind is refused too: a policy read as a reward model scores everything alike, and a reward
-    model read as a policy starts with a random output layer.
+    model read as a policy starts with a random output layer. With `max_seq_len`, a local
+    checkpoint whose positions are fewer (`max_position_embeddings`) is refused: the rollout
+    engine cannot serve sequences longer than the model was built for.
     """
     if path is None or path == "random":
         return
@@ -47,6 +52,24 @@ def check_checkpoint(key: str, path: str | None, scalar: bool | None = None) -> 
             what = "a reward model (scalar head)" if is_scalar else "a causal language model"
             wanted = "a reward model" if scalar else "a causal language model (a policy)"
             raise ConfigError(f"{key}: {path} is {what}; this needs {wanted}")
+    if looks_local and max_seq_len is not None:
+        positions = _max_positions(local / "config.json")
+        if positions is not None and positions < max_seq_len:
+            raise ConfigError(
+                f"{key}: {path} holds at most {positions} positions (max_position_embeddings) "
+                f"but model.max_seq_len is {max_seq_len}; set model.max_seq_len={positions} "
+                f"or less"
+            )
+
+
+def _max_positions(config_json: Path) -> int | None:
+    try:
+        config = json.loads(config_json.read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    value = config.get("max_position_embeddings", text.get("max_position_embeddings"))
+    return value if isinstance(value, int) else None
 
 
 # Row fields each stage reads; SFT also takes preference rows and learns their chosen reply.
@@ -172,7 +195,8 @@ class StageContext:
         from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
         from rlstack.verifiers import check_options, load_verifier, parse_verifier_entries
 
-        check_checkpoint("model.init", self.cfg.model.init, scalar=False)
+        max_len = self.cfg.model.max_seq_len
+        check_checkpoint("model.init", self.cfg.model.init, scalar=False, max_seq_len=max_len)
         have_reward_model = False
         for stage in self.cfg.stages:
             section = getattr(self.cfg, stage)
@@ -185,7 +209,7 @@ class StageContext:
                         section.reward_model, section.reward_timeout_s, key=key
                     ).check()
                 else:
-                    check_checkpoint(f"{stage}.reward_model", section.reward_model, scalar=True)
+                    check_checkpoint(f"{stage}.reward_model", section.reward_model, True, max_len)
                 if section.reward_model is None and not have_reward_model:
                     raise ConfigError(
                         f"{stage}: {_reward_model_use(section)} but no reward model comes "
