@@ -232,6 +232,7 @@ def test_url_that_does_not_answer_stops_the_run_with_one_line(checkpoints, tmp_p
         "run",
         "stages=[ppo]",
         f"model.init={checkpoints['policy']}",
+        "model.max_seq_len=128",  # the checkpoint's positions
         f"ppo.reward_model={url}",
         cwd=tmp_path,
         timeout=300,
