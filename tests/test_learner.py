@@ -85,3 +85,61 @@ def test_two_ranks_train_in_step_and_save_one_checkpoint(zero_stage, init_dir, r
         logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="sum"
     )
     assert nll.item() == pytest.approx(evals[0]["loss_sum"], rel=1e-4)
+
+
+def test_policy_step_reports_the_kl_of_the_policy_before_its_update(init_dir, ray_local):
+    """With the KL as a loss term and one pass, the driver skips its own old-logprob pass: the
+    update's first forward reports the KL to the reference (configured estimator and k3), per
+    sequence, over micro-batches of unequal response lengths."""
+    from rlstack.algorithms import kl_estimate
+
+    spec = ModelSpec(
+        kind="causal_lm",
+        init_path=str(init_dir),
+        optim=OPTIM,
+        total_steps=4,
+        micro_batch_size=3,
+        grad_accum=2,
+        threads=1,
+    )
+    group = LearnerGroup("policy", spec, cpus_per_worker=0.5, env_vars=ray_local).start()
+    try:
+        batch = pattern_batch(6)
+        del batch["loss_mask"]
+        mask = torch.zeros(6, 31)
+        for i in range(6):
+            mask[i, 10 : 12 + 3 * i] = 1.0  # response lengths 2, 5, ..., 17
+        before = group.infer("logprobs", {**batch, "mask": mask}, 1.0)
+        ref = before + 0.3 * torch.sin(torch.arange(31.0)) * mask
+        algo = {
+            "temperature": 1.0,
+            "clip_low": 0.2,
+            "clip_high": 0.2,
+            "dual_clip": None,
+            "is_cap": 2.0,
+            "entropy_coef": 0.0,
+            "loss_agg": "token_mean",
+            "norm_const": 8.0,
+            "kl_coef": 0.1,
+            "kl_estimator": "k2",
+            "kl_in_reward": False,
+            "value_clip": 0.2,
+        }
+        out = group.train(
+            "policy_step",
+            {
+                **batch,
+                "mask": mask,
+                "advantages": torch.randn(6, 31) * mask,
+                "rollout_logprobs": before,
+                "ref_logprobs": ref,
+            },
+            algo,
+        )
+        want_kl = (kl_estimate(before, ref, "k2") * mask).sum(-1).mean().item()
+        want_k3 = (kl_estimate(before, ref, "k3") * mask).sum(-1).mean().item()
+        assert want_kl > 0.01 and want_k3 > 0.01
+        assert out["kl"] == pytest.approx(want_kl, rel=1e-4)
+        assert out["kl_k3"] == pytest.approx(want_k3, rel=1e-4)
+    finally:
+        group.shutdown()

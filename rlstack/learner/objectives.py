@@ -166,6 +166,7 @@ class Objectives:
         total = batch["mask"].sum() if by_tokens else torch.tensor(float(len(batch["mask"])))
         sums: dict[str, float] = {}
         diff_max = 0.0
+        sequences = float(len(batch["mask"]))
         for micro in split_batch(batch, self.spec.grad_accum):
             logits = self._logits(micro["input_ids"], micro["attention_mask"])
             logits = logits / algo["temperature"]
@@ -207,6 +208,14 @@ class Objectives:
                 kl_loss = aggregate(kl, mask, algo["loss_agg"], algo["norm_const"])
                 loss = loss + algo["kl_coef"] * kl_loss
                 metrics["kl_loss"] = kl_loss.item()
+                if "old_logprobs" not in micro:
+                    # This forward is the old policy's: report the KL to the reference per
+                    # sequence (the configured estimator and k3), as the driver would have.
+                    k3 = kl_estimate(old_logprobs, micro["ref_logprobs"], "k3")
+                    share = len(mask) / sequences
+                    for key, value in (("kl", kl.detach()), ("kl_k3", k3)):
+                        per_seq = (value * mask).sum(-1).mean().item()
+                        sums[key] = sums.get(key, 0.0) + per_seq * share
             part = mask.sum() if by_tokens else torch.tensor(float(len(mask)))
             weight = (part / total.clamp(min=1)).item()
             self._backward(loss * weight * self.spec.grad_accum)

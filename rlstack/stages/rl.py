@@ -269,9 +269,10 @@ class RLStage:
         scores = torch.tensor(rollout.scores, dtype=torch.float32)
         temperature = self.algo["temperature"]
         stats: dict[str, Any] = {}
-        # With a single pass over the batch and no reference, the update's own first forward
-        # gives the old logprobs (and the mismatch metric); otherwise they are computed here.
-        if roles.reference is not None or c.epochs > 1 or c.minibatches > 1:
+        # With a single pass over the batch, the update's own first forward gives the old
+        # logprobs (and the mismatch metric, and the KL to the reference when the KL is a loss
+        # term); they are computed here only for several passes or a KL reward penalty.
+        if self._needs_old_logprobs():
             batch["old_logprobs"] = roles.policy.infer("logprobs", batch, temperature)
             diff = (batch["old_logprobs"] - batch["rollout_logprobs"]).abs() * mask
             stats["logprob_diff_mean"] = (diff.sum() / mask.sum().clamp(min=1)).item()
@@ -280,15 +281,14 @@ class RLStage:
         kl_penalty = None
         if roles.reference is not None:
             batch["ref_logprobs"] = roles.reference.infer("logprobs", batch, temperature)
-            kl = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], c.kl_estimator) * mask
-            k3 = kl_estimate(batch["old_logprobs"], batch["ref_logprobs"], "k3") * mask
-            stats["kl"] = kl.sum(-1).mean().item()
-            stats["kl_k3"] = k3.sum(-1).mean().item()
             stats["kl_coef"] = self.kl_ctl.value
-            if c.kl_in_reward:
-                kl_penalty = self.kl_ctl.value * kl
-            self.kl_ctl.update(stats["kl"], len(scores))
-            self.algo["kl_coef"] = self.kl_ctl.value
+            if "old_logprobs" in batch:
+                old, ref = batch["old_logprobs"], batch["ref_logprobs"]
+                kl = kl_estimate(old, ref, c.kl_estimator) * mask
+                stats["kl"] = kl.sum(-1).mean().item()
+                stats["kl_k3"] = (kl_estimate(old, ref, "k3") * mask).sum(-1).mean().item()
+                if c.kl_in_reward:
+                    kl_penalty = self.kl_ctl.value * kl
 
         values = None
         if roles.critic is not None:
@@ -319,6 +319,18 @@ class RLStage:
             }
         )
         return batch, stats
+
+    def _needs_old_logprobs(self) -> bool:
+        c = self.c
+        kl_penalty = self.roles.reference is not None and c.kl_in_reward
+        return kl_penalty or c.epochs > 1 or c.minibatches > 1
+
+    def _update_kl_coef(self, stats: dict[str, Any], samples: int) -> None:
+        """Feed the measured KL (from the experience pass or the update's first forward) to
+        the KL controller; the new coefficient applies from the next step."""
+        if self.roles.reference is not None and "kl" in stats:
+            self.kl_ctl.update(stats["kl"], samples)
+            self.algo["kl_coef"] = self.kl_ctl.value
 
     # --------------------------------------------------------------- update
     def _update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -430,6 +442,7 @@ class RLStage:
             batch, experience = self._experience(rollout)
             stats.update(experience)
             stats.update(self._update(batch))
+            self._update_kl_coef(stats, len(rollout.scores))
             t_update = time.time() - t1
 
             t2 = time.time()
