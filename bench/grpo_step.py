@@ -12,6 +12,7 @@ metrics.jsonl (so overlapped generation is counted once), median over steps 6-30
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def main() -> int:
     results = {}
     for name, extra in VARIANTS.items():
         run_dir = WORK / name.split(" (")[0].replace(", ", "-").replace(" ", "_")
+        shutil.rmtree(run_dir, ignore_errors=True)  # rlstack refuses to overwrite a run
         cmd = [
             sys.executable,
             "-m",

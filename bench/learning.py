@@ -280,7 +280,8 @@ def write_doc(summary: dict, command: str) -> None:
             f"{g['train_reward_last_50_steps']:.3f} (last 50), while the held-out pass rate moved "
             f"{g['gain_points']:+.1f} points: on calculations it has not seen, this 1.2M-parameter "
             "character model gains little from the verifier's reward, whose signal mostly "
-            "sharpens answers to calculations it already learned in SFT.",
+            "sharpens answers to calculations it already learned in SFT. What was measured to "
+            "tell a defect from a limit of the task at this scale: docs/grpo-analysis.md.",
         ]
     lines += [
         "",
@@ -317,6 +318,8 @@ def main() -> None:
     python = platform.python_version()
     summary["machine"] = f"{platform.machine()}, {_cores()} cores, Python {python}"
     summary["date"] = time.strftime("%Y-%m-%d")
+    if args.report_only and RESULTS.exists():  # the figures are as old as the runs
+        summary["date"] = json.loads(RESULTS.read_text()).get("date", summary["date"])
     walls = [summary.get("grpo", {}).get("wall_s"), summary.get("preferences_wall_s")]
     walls.append(summary.get("dpo", {}).get("wall_s"))
     summary["total_wall_s"] = sum(w for w in walls if w)
