@@ -432,7 +432,16 @@ def validate(cfg: Config) -> None:
         "max_seq_len",
     )
     _positive(cfg.learner, "learner", "num_workers", "threads", "micro_batch_size")
-    _positive(cfg.rollout, "rollout", "num_engines", "threads", "max_num_seqs", "kv_cache_gib")
+    _positive(
+        cfg.rollout,
+        "rollout",
+        "num_engines",
+        "threads",
+        "max_num_seqs",
+        "kv_cache_gib",
+        "sync_timeout_s",
+    )
+    _positive(cfg.ray, "ray", "start_timeout_s")
     for name in ("pretrain", "sft", "reward_model", "dpo"):
         section = getattr(cfg, name)
         _positive(section, name, "steps", "batch_size")

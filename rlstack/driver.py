@@ -15,10 +15,13 @@ metrics.jsonl loses the rows of steps after that state, so every step appears on
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from rlstack.resume import resume_config, resume_point
 from rlstack.runtime import init_ray
 from rlstack.stages import dpo, pretrain, reward_model, rl, sft
 from rlstack.stages.context import StageContext
-from rlstack.stages.state import keep_metrics, latest_state, mark_done
+from rlstack.stages.state import BrokenStateError, keep_metrics, latest_state, mark_done
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +70,11 @@ def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
     ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=None, env_vars={})
     ctx.preflight()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    return _run_logged(ctx, run_dir, {})
+    with _run_dir_lock(run_dir):
+        if (run_dir / "config.yaml").exists():  # another run took the directory meanwhile
+            raise RLStackError(f"run directory {run_dir} already holds config.yaml; choose another")
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        return _run_logged(ctx, run_dir, {})
 
 
 def resume_pipeline(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Path:
@@ -80,6 +86,11 @@ def resume_pipeline(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
     """
     run_dir = Path(run_dir).resolve()
     cfg = resume_config(run_dir, overrides)
+    with _run_dir_lock(run_dir):
+        return _resume_locked(run_dir, cfg)
+
+
+def _resume_locked(run_dir: Path, cfg: Config) -> Path:
     finished, current, saved = resume_point(run_dir, cfg)
     ctx = StageContext(cfg=cfg, run_dir=run_dir, metrics=None, env_vars={}, resume=True)
     ctx.preflight()
@@ -94,6 +105,28 @@ def resume_pipeline(run_dir: str | Path, overrides: list[str] | tuple[str, ...] 
         f"from {where}; {dropped} metrics rows after that dropped"
     )
     return _run_logged(ctx, run_dir, finished, note)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN_DIR/.lock while a run or a resume works there: a second one is refused instead
+    of both writing the same metrics, states and checkpoints."""
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise RLStackError(
+                f"run directory {run_dir} is in use by another rlstack run (pid {holder}); "
+                f"wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _run_logged(
@@ -132,6 +165,8 @@ def _stopped(ctx: StageContext, stage: str, err: BaseException) -> RLStackError 
         every = getattr(ctx.cfg, stage).save_every
         hint = f"no state was saved yet ({stage}.save_every={every}); start the run again"
     where = f"at step {ctx.step}" if ctx.step else "while starting"
+    if isinstance(err, BrokenStateError):  # its message says how to continue
+        return RLStackError(f"stage {stage} stopped {where}: {err}")
     if isinstance(err, KeyboardInterrupt):
         logger.error("stage %s interrupted %s; %s", stage, where, hint)
         return None

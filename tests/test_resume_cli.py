@@ -70,3 +70,45 @@ def test_resume_of_a_finished_run_is_refused(stopped_run):
 def test_a_plain_run_into_a_used_directory_points_at_resume(stopped_run):
     result = rlstack("run", "--run-dir", str(stopped_run), cwd=stopped_run.parent)
     assert_one_clear_error(result, "already holds", f"rlstack run --resume {stopped_run}")
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused(stopped_run):
+    import fcntl
+    import os
+
+    write_state(stopped_run, "grpo", 10, {"data": {}})
+    before = (stopped_run / "metrics.jsonl").read_text()
+    fd = os.open(stopped_run / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run working there holds it
+        os.write(fd, b"4242")
+        result = rlstack("run", "--resume", str(stopped_run), cwd=stopped_run.parent)
+        assert_one_clear_error(result, "is in use by another rlstack run (pid 4242)")
+    finally:
+        os.close(fd)
+    assert (stopped_run / "metrics.jsonl").read_text() == before
+
+
+def test_unreadable_done_record_or_missing_checkpoint_of_a_finished_stage_is_named(stopped_run):
+    done = stopped_run / "state" / "grpo" / "done.json"
+    done.parent.mkdir(parents=True)
+    done.write_text("")
+    result = rlstack("run", "--resume", str(stopped_run), cwd=stopped_run.parent)
+    assert_one_clear_error(result, str(done), "cannot be read")
+    done.write_text(json.dumps({"checkpoint": "checkpoints/grpo", "seconds": 1.0}))
+    result = rlstack("run", "--resume", str(stopped_run), cwd=stopped_run.parent)
+    assert_one_clear_error(result, "stage grpo finished", "checkpoints/grpo is gone")
+
+
+def test_bad_timeouts_are_refused_before_anything_is_written(stopped_run, tmp_path):
+    write_state(stopped_run, "grpo", 10, {"data": {}})
+    config = (stopped_run / "config.yaml").read_text()
+    for override in ("ray.start_timeout_s=-5", "rollout.sync_timeout_s=0"):
+        result = rlstack("run", "--resume", str(stopped_run), override, cwd=tmp_path)
+        assert_one_clear_error(result, override.split("=")[0], "must be at least 1")
+        assert (stopped_run / "config.yaml").read_text() == config
+    result = rlstack(
+        "run", "--run-dir", str(tmp_path / "new"), "ray.start_timeout_s=-5", cwd=tmp_path
+    )
+    assert_one_clear_error(result, "ray.start_timeout_s", "must be at least 1")
+    assert not (tmp_path / "new").exists()

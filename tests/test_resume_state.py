@@ -12,12 +12,13 @@ import ray
 import torch
 from safetensors.torch import load as load_safetensors
 
-from rlstack.errors import DataError
+from rlstack.errors import ConfigError, DataError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec, _lr_lambda
 from rlstack.model.build import new_causal_lm, save_model
 from rlstack.stages.rl import PromptSampler
 from rlstack.stages.state import (
+    BrokenStateError,
     StageState,
     keep_metrics,
     latest_state,
@@ -87,7 +88,7 @@ def test_an_unreadable_newest_state_falls_back_to_the_older_one(tmp_path):
 
 
 def test_a_stage_starting_afresh_removes_states_an_earlier_attempt_left(tmp_path):
-    write_state(tmp_path, "grpo", 10, {"train_rows": 4, "data": {}})
+    write_state(tmp_path, "grpo", 10, {"train_rows": 4, "data": {}, "digests": {}})
     (stage_state_dir(tmp_path, "grpo") / ".step-000012.tmp").mkdir()
 
     def stage_state(resume: bool) -> StageState:
@@ -106,7 +107,8 @@ def test_done_marker_needs_the_checkpoint_and_clears_the_step_states(tmp_path):
     ckpt = tmp_path / "checkpoints" / "sft"
     mark_done(tmp_path, "sft", str(ckpt), 12.5)
     assert latest_state(tmp_path, "sft") is None
-    assert read_done(tmp_path, "sft") is None  # no checkpoint: not done
+    with pytest.raises(ConfigError, match="finished, but its checkpoint .* is gone"):
+        read_done(tmp_path, "sft")  # rerunning it would drop the later stages' work
     ckpt.mkdir(parents=True)
     (ckpt / "config.json").write_text("{}")
     assert read_done(tmp_path, "sft") == {"checkpoint": str(ckpt.resolve()), "seconds": 12.5}
@@ -197,3 +199,37 @@ def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, 
         assert [m["lr"] for m in later] == pytest.approx([3e-3 * schedule(k) for k in (4, 5)])
     finally:
         group.shutdown()
+
+
+class _Ctx:
+    """The parts of a stage context that StageState reads, for restores without learners."""
+
+    def __init__(self, run_dir, rows):
+        self.run_dir, self.resume, self.rows = run_dir, True, rows
+
+    def load_data(self, stage):
+        return self.rows, []
+
+
+def _stage_state(ctx):
+    return StageState(ctx, "grpo", 5, {}, lambda: {"pos": 1}, lambda saved: None, len(ctx.rows))
+
+
+def test_resume_on_changed_rows_of_the_same_count_is_refused(tmp_path):
+    rows = [{"prompt": f"{i}+1", "reference": str(i + 1)} for i in range(4)]
+    _stage_state(_Ctx(tmp_path, rows)).save(5)
+    assert _stage_state(_Ctx(tmp_path, list(rows))).restore() == 5
+    changed = [dict(r, reference="0") for r in rows]
+    with pytest.raises(DataError, match="same 4 rows, other contents"):
+        _stage_state(_Ctx(tmp_path, changed)).restore()
+
+
+def test_a_state_with_a_broken_meta_says_which_directory_to_remove(tmp_path):
+    rows = [{"prompt": "1+1", "reference": "2"}]
+    _stage_state(_Ctx(tmp_path, rows)).save(5)
+    _stage_state(_Ctx(tmp_path, rows)).save(10)
+    newest = tmp_path / "state" / "grpo" / "step-000010"
+    (newest / "meta.json").write_text("{}")
+    with pytest.raises(BrokenStateError, match="lacks train_rows") as err:
+        _stage_state(_Ctx(tmp_path, rows)).restore()
+    assert f"remove {newest} to resume from step 5" in str(err.value)

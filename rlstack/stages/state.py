@@ -17,6 +17,7 @@ progress from its newest state.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlstack.errors import DataError, RLStackError
+from rlstack.errors import ConfigError, DataError, RLStackError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ STATE_DIR = "state"
 KEEP_STATES = 2  # newest states kept per stage; the older one is a fallback if the newest breaks
 META = "meta.json"
 DONE = "done.json"
+
+
+class BrokenStateError(RLStackError):
+    """A saved state that cannot be restored; its message says what to remove."""
 
 
 @dataclass
@@ -141,17 +146,25 @@ def clear_states(run_dir: str | Path, stage: str) -> None:
 
 
 def read_done(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
-    """The done record of `stage` (checkpoint as an absolute path, seconds) when it finished
-    and its checkpoint is still there."""
+    """The done record of `stage` (checkpoint as an absolute path, seconds) when it finished;
+    None when it did not. A done record that cannot be read, or whose checkpoint is gone, is a
+    ConfigError naming the file: rerunning the stage would throw away the later stages' work."""
     path = stage_state_dir(run_dir, stage) / DONE
+    if not path.exists():
+        return None
     try:
         done = json.loads(path.read_text())
         checkpoint = Path(run_dir).resolve() / done["checkpoint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"--resume: {path} cannot be read ({type(err).__name__}: {err}); it records that "
+            f"stage {stage} finished"
+        ) from None
     if not (checkpoint / "config.json").is_file():
-        logger.warning("%s: the checkpoint %s is gone; the stage runs again", path, checkpoint)
-        return None
+        raise ConfigError(
+            f"--resume: stage {stage} finished, but its checkpoint {checkpoint} is gone; put it "
+            f"back, or start a new run"
+        )
     return {**done, "checkpoint": str(checkpoint)}
 
 
@@ -227,9 +240,19 @@ class StageState:
         """Whether to save after `step` (never after the last: the checkpoint follows it)."""
         return self.save_every > 0 and step % self.save_every == 0 and step < last_step
 
+    def _data_digest(self) -> str:
+        """A digest of the stage's training rows, so a resume on changed data is refused."""
+        train, _ = self.ctx.load_data(self.stage)
+        text = json.dumps(train, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def save(self, step: int) -> Path:
         t0 = time.time()
-        meta = {"train_rows": self.train_rows, "data": self.data_state()}
+        meta = {
+            "train_rows": self.train_rows,
+            "data_digest": self._data_digest(),
+            "data": self.data_state(),
+        }
 
         def write_parts(tmp: Path) -> dict[str, Any]:
             digests = {}
@@ -243,6 +266,18 @@ class StageState:
         )
         return path
 
+    def _broken(self, saved: SavedState, reason: str) -> BrokenStateError:
+        older = [step for step in _saved_steps(saved.path.parent) if step < saved.step]
+        then = (
+            f"remove {saved.path} to resume from step {older[-1]}"
+            if older
+            else f"remove {saved.path} to restart {self.stage} from its start"
+        )
+        return BrokenStateError(
+            f"{self.stage}: the saved state {saved.path} cannot be restored ({reason}); {then}, "
+            f"or start a new run"
+        )
+
     def restore(self) -> int:
         """Restore the newest saved state when the run resumes; returns its step (0: none).
         A stage that starts afresh removes states an earlier attempt left (they would belong
@@ -253,20 +288,30 @@ class StageState:
             if self.ctx.resume:
                 logger.info("%s: no saved state; the stage starts from step 0", self.stage)
             return 0
-        rows = saved.meta.get("train_rows")
+        missing = [k for k in ("train_rows", "data", "digests") if k not in saved.meta]
+        if missing:
+            raise self._broken(saved, f"its {META} lacks {', '.join(missing)}")
+        rows = saved.meta["train_rows"]
         if rows != self.train_rows:
             raise DataError(
                 f"{self.stage}.data: the training data has {self.train_rows} rows, but the state "
                 f"in {saved.path} was saved with {rows}; the data changed since the run started"
             )
-        expected, restored = saved.meta.get("digests", {}), {}
+        if saved.meta.get("data_digest", self._data_digest()) != self._data_digest():
+            raise DataError(
+                f"{self.stage}.data: the training data differs from the data the state in "
+                f"{saved.path} was saved with (same {rows} rows, other contents); the data "
+                f"changed since the run started"
+            )
+        expected, restored = saved.meta["digests"], {}
         for name, learner in self.learners.items():
-            restored[name] = learner.load_state(str(saved.path / name))
+            try:
+                restored[name] = learner.load_state(str(saved.path / name))
+            except Exception as err:  # a truncated or missing file, in the learner actor
+                first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+                raise self._broken(saved, f"its {name} does not load: {first[:200]}") from None
             if restored[name] != expected.get(name):
-                raise RLStackError(
-                    f"{self.stage}: the {name} restored from {saved.path} differs from the one "
-                    f"saved (saved {expected.get(name)}, restored {restored[name]})"
-                )
+                raise self._broken(saved, f"its {name} differs from the one saved (digests)")
         self.load_data_state(saved.meta["data"])
         self.restored = {
             "step": saved.step,
