@@ -17,8 +17,8 @@ import torch
 from rlstack.errors import ConfigError
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks, train_steps
-from rlstack.stages.state import StageState, random_state
+from rlstack.stages.evaluation import chunks, train_and_save
+from rlstack.stages.state import random_state
 
 STAGE = "dpo"
 
@@ -78,20 +78,14 @@ def run(ctx: StageContext) -> str:
         out["pairs_per_s"] = len(rows) / (time.time() - t0)
         return out
 
-    state = StageState(
+    return train_and_save(
         ctx,
         STAGE,
-        c.save_every,
-        {"policy": policy},
+        policy,
+        step,
+        evaluate,
         lambda: {"rng": rng.getstate()},
         lambda saved: rng.setstate(random_state(saved["rng"])),
         len(train),
+        also_shut_down=(reference,),
     )
-    try:
-        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-        path = ctx.checkpoint_dir(STAGE)
-        policy.save(path)
-        return path
-    finally:
-        policy.shutdown()
-        reference.shutdown()

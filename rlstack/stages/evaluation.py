@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -53,3 +54,31 @@ def train_steps(
         if state.due(step, steps):
             state.save(step)
     evaluate(steps)
+
+
+def train_and_save(
+    ctx: StageContext,
+    stage: str,
+    learner: LearnerGroup,
+    step_fn: Callable[[int], dict[str, float]],
+    evaluate: Callable[[int], None],
+    data_state: Callable[[], dict[str, Any]],
+    load_data_state: Callable[[dict[str, Any]], None],
+    train_rows: int,
+    also_shut_down: tuple[LearnerGroup, ...] = (),
+) -> str:
+    """The rest of a supervised stage: its steps with resumable state (`data_state` says what
+    picks the next batches), then its checkpoint; the learners are shut down either way."""
+    c = getattr(ctx.cfg, stage)
+    state = StageState(
+        ctx, stage, c.save_every, {"policy": learner}, data_state, load_data_state, train_rows
+    )
+    try:
+        train_steps(ctx, stage, c.steps, c.eval_every, step_fn, evaluate, state)
+        path = ctx.checkpoint_dir(stage)
+        learner.save(path)
+        return path
+    finally:
+        learner.shutdown()
+        for other in also_shut_down:
+            other.shutdown()

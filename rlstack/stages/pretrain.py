@@ -19,8 +19,8 @@ from rlstack.stages.batches import (
     unigram_entropy,
 )
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import lm_val_loss, train_steps
-from rlstack.stages.state import StageState, tensor_from_state, tensor_state
+from rlstack.stages.evaluation import lm_val_loss, train_and_save
+from rlstack.stages.state import tensor_from_state, tensor_state
 
 logger = logging.getLogger(__name__)
 STAGE = "pretrain"
@@ -64,19 +64,13 @@ def run(ctx: StageContext) -> str:
         out["tokens_per_s"] = out.pop("tokens") / (time.time() - t0)
         return out
 
-    state = StageState(
+    return train_and_save(
         ctx,
         STAGE,
-        c.save_every,
-        {"policy": learner},
+        learner,
+        step,
+        evaluate,
         lambda: {"generator": tensor_state(gen.get_state())},
         lambda saved: gen.set_state(tensor_from_state(saved["generator"])),
         len(train_stream),
     )
-    try:
-        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-        path = ctx.checkpoint_dir(STAGE)
-        learner.save(path)
-        return path
-    finally:
-        learner.shutdown()

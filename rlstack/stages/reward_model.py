@@ -10,8 +10,8 @@ import time
 
 from rlstack.stages.batches import pair_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks, train_steps
-from rlstack.stages.state import StageState, random_state
+from rlstack.stages.evaluation import chunks, train_and_save
+from rlstack.stages.state import random_state
 
 STAGE = "reward_model"
 
@@ -56,19 +56,13 @@ def run(ctx: StageContext) -> str:
         out["pairs_per_s"] = len(rows) / (time.time() - t0)
         return out
 
-    state = StageState(
+    return train_and_save(
         ctx,
         STAGE,
-        c.save_every,
-        {"policy": learner},
+        learner,
+        step,
+        evaluate,
         lambda: {"rng": rng.getstate()},
         lambda saved: rng.setstate(random_state(saved["rng"])),
         len(train),
     )
-    try:
-        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-        path = ctx.checkpoint_dir(STAGE)
-        learner.save(path)
-        return path
-    finally:
-        learner.shutdown()

@@ -7,8 +7,8 @@ import time
 
 from rlstack.stages.batches import sft_batch
 from rlstack.stages.context import StageContext
-from rlstack.stages.evaluation import chunks, lm_val_loss, train_steps
-from rlstack.stages.state import StageState, random_state
+from rlstack.stages.evaluation import chunks, lm_val_loss, train_and_save
+from rlstack.stages.state import random_state
 
 STAGE = "sft"
 
@@ -44,19 +44,13 @@ def run(ctx: StageContext) -> str:
         rng.setstate(random_state(saved["rng"]))
         order[:] = saved["order"]
 
-    state = StageState(
+    return train_and_save(
         ctx,
         STAGE,
-        c.save_every,
-        {"policy": learner},
+        learner,
+        step,
+        evaluate,
         lambda: {"rng": rng.getstate(), "order": order},
         load_data_state,
         len(train),
     )
-    try:
-        train_steps(ctx, STAGE, c.steps, c.eval_every, step, evaluate, state)
-        path = ctx.checkpoint_dir(STAGE)
-        learner.save(path)
-        return path
-    finally:
-        learner.shutdown()
