@@ -297,7 +297,8 @@ class StageState:
                 f"{self.stage}.data: the training data has {self.train_rows} rows, but the state "
                 f"in {saved.path} was saved with {rows}; the data changed since the run started"
             )
-        if saved.meta.get("data_digest", self._data_digest()) != self._data_digest():
+        digest = self._data_digest()
+        if saved.meta.get("data_digest", digest) != digest:
             raise DataError(
                 f"{self.stage}.data: the training data differs from the data the state in "
                 f"{saved.path} was saved with (same {rows} rows, other contents); the data "
