@@ -1,15 +1,15 @@
 """DeepSpeed learner groups on the real engine: data-parallel ranks over gloo and ZeRO stages."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import ray
 import torch
+from tiny_config import save_tiny_model
 
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
-from rlstack.model.build import load_causal_lm, new_causal_lm, save_model
+from rlstack.model.build import load_causal_lm
 
 OPTIM = {
     "lr": 3e-3,
@@ -23,23 +23,7 @@ OPTIM = {
 
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory):
-    cfg = SimpleNamespace(
-        arch="llama4",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        ffn_size=128,
-        expert_size=64,
-        num_experts=4,
-        experts_per_token=1,
-        max_seq_len=128,
-        rope_theta=10000.0,
-    )
-    model, tokenizer = new_causal_lm(cfg, seed=0)
-    path = tmp_path_factory.mktemp("init")
-    save_model(model, tokenizer, path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("init"))
 
 
 def pattern_batch(n: int = 8) -> dict[str, torch.Tensor]:

@@ -11,11 +11,11 @@ import pytest
 import ray
 import torch
 from safetensors.torch import load as load_safetensors
+from tiny_config import save_tiny_model
 
 from rlstack.errors import ConfigError, DataError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec, _lr_lambda
-from rlstack.model.build import new_causal_lm, save_model
 from rlstack.stages.rl import PromptSampler
 from rlstack.stages.state import (
     BrokenStateError,
@@ -152,21 +152,7 @@ def weights(group: LearnerGroup) -> dict[str, torch.Tensor]:
 
 
 def test_learner_restores_weights_optimizer_and_schedule_bit_for_bit(ray_local, tmp_path):
-    cfg = SimpleNamespace(
-        arch="llama4",
-        hidden_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        ffn_size=128,
-        expert_size=64,
-        num_experts=4,
-        experts_per_token=1,
-        max_seq_len=64,
-        rope_theta=10000.0,
-    )
-    model, tokenizer = new_causal_lm(cfg, seed=0)
-    save_model(model, tokenizer, tmp_path / "init")
+    save_tiny_model(tmp_path / "init", num_layers=1, max_seq_len=64)
     spec = ModelSpec(
         kind="causal_lm",
         init_path=str(tmp_path / "init"),

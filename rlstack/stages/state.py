@@ -17,6 +17,7 @@ progress from its newest state.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -240,8 +241,10 @@ class StageState:
         """Whether to save after `step` (never after the last: the checkpoint follows it)."""
         return self.save_every > 0 and step % self.save_every == 0 and step < last_step
 
+    @functools.cached_property
     def _data_digest(self) -> str:
-        """A digest of the stage's training rows, so a resume on changed data is refused."""
+        """A digest of the stage's training rows, so a resume on changed data is refused
+        (computed once: the rows do not change during the stage)."""
         train, _ = self.ctx.load_data(self.stage)
         text = json.dumps(train, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -250,7 +253,7 @@ class StageState:
         t0 = time.time()
         meta = {
             "train_rows": self.train_rows,
-            "data_digest": self._data_digest(),
+            "data_digest": self._data_digest,
             "data": self.data_state(),
         }
 
@@ -297,8 +300,7 @@ class StageState:
                 f"{self.stage}.data: the training data has {self.train_rows} rows, but the state "
                 f"in {saved.path} was saved with {rows}; the data changed since the run started"
             )
-        digest = self._data_digest()
-        if saved.meta.get("data_digest", digest) != digest:
+        if saved.meta.get("data_digest", self._data_digest) != self._data_digest:
             raise DataError(
                 f"{self.stage}.data: the training data differs from the data the state in "
                 f"{saved.path} was saved with (same {rows} rows, other contents); the data "
