@@ -8,6 +8,16 @@ is not a training prompt):
         held-out greedy pass rate, sampled pass@1 at temperature 1 (mean over k samples) and
         pass@k, overall and per operator.
 
+        Also the share of greedy answers that work the digits out first (the `scratchpad`
+        option of gsm8k_calc, `12*52` -> `426=624`) and the sampled accuracy of each style.
+
+    python bench/grpo_diagnostics.py files DIR [--n 30000]
+        data files for GRPO variants: DIR/fresh.jsonl, calculations nobody labelled (operands
+        of GSM8K-train calculations recombined, same narrowing, no GSM8K-test calculation);
+        DIR/heldout.jsonl, the held-out calculations (for a run whose stages do not train on
+        GSM8K train); DIR/both_styles.jsonl, every training calculation twice, answered directly
+        and with the scratchpad (prompt_response rows).
+
     python bench/grpo_diagnostics.py offline CHECKPOINT --lr 5e-5 [--steps 150] [--prompts 16]
         a minimal GRPO loop in plain PyTorch + transformers (HF generate, group-normalised
         advantages, token-mean policy gradient, AdamW, no Ray/vLLM/DeepSpeed), printing the mean
@@ -71,7 +81,7 @@ def sample(model, tokenizer, prompt: list[int], n: int, greedy: bool) -> list[li
     with torch.no_grad():
         out = model.generate(
             torch.tensor([prompt] * n),
-            max_new_tokens=8,
+            max_new_tokens=16,
             do_sample=not greedy,
             temperature=1.0,
             eos_token_id=tokenizer.eos_token_id,
@@ -96,15 +106,19 @@ def passk(checkpoints: list[str], k: int) -> None:
         tokenizer, model = load(checkpoint)
         model.eval()
         by_op: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+        worked = 0
+        styles = {True: [0, 0], False: [0, 0]}  # scratchpad?: [samples, correct]
         for row in held:
             prompt = prompt_ids(tokenizer, row["prompt"], 64)
-            greedy = correct(
-                tokenizer, sample(model, tokenizer, prompt, 1, True)[0], row["reference"]
-            )
-            hits = [
-                correct(tokenizer, r, row["reference"])
-                for r in sample(model, tokenizer, prompt, k, False)
-            ]
+            response = sample(model, tokenizer, prompt, 1, True)[0]
+            greedy = correct(tokenizer, response, row["reference"])
+            worked += "=" in tokenizer.decode(response, skip_special_tokens=True)
+            hits = []
+            for r in sample(model, tokenizer, prompt, k, False):
+                hits.append(correct(tokenizer, r, row["reference"]))
+                style = styles["=" in tokenizer.decode(r, skip_special_tokens=True)]
+                style[0] += 1
+                style[1] += hits[-1]
             ops = OPERATOR.findall(row["prompt"])
             for key in ("all", ops[0] if ops else "none"):
                 stats = by_op[key]
@@ -112,12 +126,65 @@ def passk(checkpoints: list[str], k: int) -> None:
                 stats[1] += greedy
                 stats[2] += sum(hits) / k
                 stats[3] += any(hits)
-        print(f"{checkpoint}: {len(held)} held-out calculations")
+        print(
+            f"{checkpoint}: {len(held)} held-out calculations, "
+            f"{worked / len(held):.1%} of greedy answers worked out first (scratchpad); sampled "
+            f"accuracy with scratchpad {_share(*styles[True])}, direct {_share(*styles[False])}"
+        )
         for key, (n, greedy, pass1, pass_k) in sorted(by_op.items(), key=lambda x: -x[1][0]):
             print(
                 f"  {key:>4} n={n:3d}  greedy {greedy / n:6.1%}  sampled pass@1 {pass1 / n:6.1%}"
                 f"  pass@{k} {pass_k / n:6.1%}"
             )
+
+
+def _share(samples: int, hits: int) -> str:
+    return f"{hits / samples:.1%} of {samples}" if samples else "- of 0"
+
+
+def write_files(out: Path, n: int) -> None:
+    train, held = task_rows()
+    cfg = OmegaConf.load(CONFIG)
+    path = Path(cfg.data_root) / "gsm8k" / "test.jsonl"
+    with path.open() as f:
+        options = OmegaConf.to_container(cfg.grpo.data.options)
+        test = {r["prompt"] for r in gsm8k_calc([json.loads(line) for line in f], "test", **options)}
+    operands: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for row in train:
+        match = re.fullmatch(r"(\d+)([-+*/])(\d+)", row["prompt"])
+        if match:
+            left, op, right = match.groups()
+            operands[op][0].append(left)
+            operands[op][1].append(right)
+    rng, made, fresh = random.Random(0), set(), []
+    ops = [op for op, (left, _) in operands.items() for _ in left]  # as often as in GSM8K
+    for _ in range(100 * n):
+        if len(fresh) == n:
+            break
+        op = rng.choice(ops)
+        left, right = rng.choice(operands[op][0]), rng.choice(operands[op][1])
+        expression = f"{left}{op}{right}"
+        a, b = int(left), int(right)
+        if len(expression) > options["max_prompt_chars"] or expression in test or expression in made:
+            continue
+        if op == "/" and (b == 0 or a % b):
+            continue
+        value = {"+": a + b, "-": a - b, "*": a * b, "/": a // max(b, 1)}[op]
+        if value >= 0:
+            made.add(expression)
+            fresh.append((expression, value))
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "fresh.jsonl").open("w") as f:
+        f.writelines(json.dumps({"answer": f"<<{e}={v}>>"}) + "\n" for e, v in fresh)
+    with (out / "heldout.jsonl").open("w") as f:
+        f.writelines(
+            json.dumps({"answer": f"<<{r['prompt']}={r['reference']}>>"}) + "\n" for r in held
+        )
+    with (out / "both_styles.jsonl").open("w") as f:
+        for r in train:
+            for response in (r["reference"], f"{r['reference'][::-1]}={r['reference']}"):
+                f.write(json.dumps({"prompt": r["prompt"], "response": response}) + "\n")
+    print(f"{out}: {len(fresh)} fresh, {len(held)} held-out, {2 * len(train)} both-style rows")
 
 
 def offline_grpo(checkpoint: str, lr: float, steps: int, prompts: int, group: int) -> None:
@@ -168,6 +235,9 @@ def main() -> None:
     p = sub.add_parser("passk")
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--k", type=int, default=8)
+    w = sub.add_parser("files")
+    w.add_argument("out", type=Path)
+    w.add_argument("--n", type=int, default=30000)
     o = sub.add_parser("offline")
     o.add_argument("checkpoint")
     o.add_argument("--lr", type=float, required=True)
@@ -178,6 +248,8 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.command == "passk":
         passk(args.checkpoints, args.k)
+    elif args.command == "files":
+        write_files(args.out, args.n)
     else:
         offline_grpo(args.checkpoint, args.lr, args.steps, args.prompts, args.group)
 

@@ -10,6 +10,7 @@ Sizes are in samples unless a key says tokens; learning rates are per optimizer 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,9 +286,37 @@ class Config:
     grpo: RLConfig = field(default_factory=_grpo_defaults)
 
 
+def _check_sections(schema: Any, given: Any, origin: str, prefix: str = "") -> None:
+    """A ConfigError naming the key where `given` puts a value in place of a whole section.
+
+    OmegaConf reports that case as a merge error without the key (`int is not a subclass of
+    SFTConfig`); this names it and lists the section's keys.
+    """
+    if not isinstance(given, dict):
+        return
+    for name, value in given.items():
+        if not isinstance(name, str) or name not in schema:
+            continue  # unknown keys are reported by the merge
+        if not dataclasses.is_dataclass(OmegaConf.get_type(schema, name)):
+            continue
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            _check_sections(schema[name], value, origin, f"{key}.")
+        elif value is not None and not (isinstance(value, str) and value.startswith("${")):
+            section = schema[name]
+            keys = list(section.keys())
+            plain = [k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(section, k))]
+            raise ConfigError(
+                f"{origin}: '{key}' is a section, not a value: set keys inside it "
+                f"(e.g. {key}.{(plain or keys)[0]}=...; its keys: {', '.join(keys)})"
+            )
+
+
 def _explain(err: OmegaConfBaseException, origin: str) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).splitlines()[0]
+    if key and "is not a ListConfig" in msg:
+        return f"{origin}: config key '{key}' takes a list, e.g. {key}=[a,b] (one item: [a])"
     if "Key '" in msg and "not in" in msg:
         name = msg.split("'")[1]
         parent = key.rsplit(".", 1)[0] if key and "." in key else ""
@@ -305,12 +334,16 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            _check_sections(schema, OmegaConf.to_container(loaded), origin)
+            merged = OmegaConf.merge(merged, loaded)
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected dotted.key=value")
             origin = f"override {item!r}"
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            given = OmegaConf.from_dotlist([item])
+            _check_sections(schema, OmegaConf.to_container(given), origin)
+            merged = OmegaConf.merge(merged, given)
         origin = path or "defaults"
         OmegaConf.resolve(merged)
         cfg: Config = OmegaConf.to_object(merged)

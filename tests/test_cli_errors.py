@@ -46,6 +46,16 @@ def test_unknown_and_mistyped_overrides_are_named(tmp_path):
     assert_one_clear_error(result, "grpo.kl_coef", "lots")
 
 
+def test_value_given_for_a_section_or_a_list_is_named_with_what_it_takes(tmp_path):
+    result = rlstack("run", "sft=5", cwd=tmp_path)
+    assert_one_clear_error(result, "'sft' is a section", "sft.steps")
+    result = rlstack("run", "stages=sft", cwd=tmp_path)
+    assert_one_clear_error(result, "'stages' takes a list", "stages=[a,b]")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("stages: [sft]\nsft:\n  optim: 0.001\n")
+    assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", "'sft.optim'", "lr")
+
+
 def test_missing_data_file_is_named(tmp_path):
     missing = tmp_path / "nowhere" / "train.jsonl"
     result = rlstack("run", "stages=[sft]", f"sft.data.train={missing}", cwd=tmp_path)
@@ -181,11 +191,9 @@ def test_built_in_verifier_option_errors_stop_the_run(tmp_path):
 
 
 def test_checkpoint_of_the_wrong_kind_is_refused(tmp_path):
-    import json
+    from tiny_config import save_tiny_model
 
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    policy = save_tiny_model(tmp_path / "policy", max_seq_len=256)
     result = rlstack(
         "run", "stages=[ppo]", f"model.init={policy}", f"ppo.reward_model={policy}", cwd=tmp_path
     )
@@ -202,3 +210,17 @@ def test_checkpoint_shorter_than_max_seq_len_is_refused(tmp_path):
     result = rlstack("run", "stages=[grpo]", f"model.init={policy}", cwd=tmp_path)
     assert_one_clear_error(result, "model.init", "holds at most 64 positions")
     assert "model.max_seq_len=64" in result.stderr
+
+
+def test_checkpoint_with_truncated_weights_is_named_before_ray_starts(tmp_path):
+    from tiny_config import save_tiny_model
+
+    policy = save_tiny_model(tmp_path / "policy", max_seq_len=256)
+    weights = policy / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    result = rlstack("run", "stages=[sft]", f"model.init={policy}", cwd=tmp_path)
+    assert_one_clear_error(result, "model.init", "model.safetensors cannot be read")
+    weights.unlink()
+    result = rlstack("run", "stages=[sft]", f"model.init={policy}", cwd=tmp_path)
+    assert_one_clear_error(result, "model.init", "holds no weights")

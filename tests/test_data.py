@@ -346,6 +346,24 @@ def test_gsm8k_calc_options_narrow_the_task():
     assert [r["prompt"] for r in short] == ["48/2", "7/2", "-5+2"]
 
 
+def test_gsm8k_calc_scratchpad_works_the_digits_out_ones_first_for_a_fixed_share():
+    from rlstack.verifiers.numeric import numeric_match
+
+    answer = " ".join(f"<<{a}*{b}={a * b}>>" for a in range(10, 30) for b in range(2, 12))
+    records = [{"answer": answer}, {"answer": "<<7/2=3.5>>"}]
+    worked = gsm8k_calc(records, "x", scratchpad=1.0)
+    assert worked[0] == {"prompt": "10*2", "reference": "20", "response": "02=20"}
+    assert worked[-1]["response"] == "3.5"  # only whole numbers are worked out
+    assert all(numeric_match(r["prompt"], r["response"], r["reference"]) == 1.0 for r in worked)
+    some = gsm8k_calc(records, "x", scratchpad=0.3)
+    share = sum("=" in r["response"] for r in some) / len(some)
+    assert 0.2 < share < 0.4
+    assert some == gsm8k_calc(records, "x", scratchpad=0.3)  # the same rows every time
+    assert [r["response"] for r in gsm8k_calc(records, "x")] == [r["reference"] for r in some]
+    with pytest.raises(ConfigError, match="scratchpad"):
+        gsm8k_calc(records, "x", scratchpad=1.5)
+
+
 def test_row_slices_give_disjoint_parts_of_a_source(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"text": str(i)}) + "\n" for i in range(10)))

@@ -109,9 +109,13 @@ def test_done_marker_needs_the_checkpoint_and_clears_the_step_states(tmp_path):
     assert latest_state(tmp_path, "sft") is None
     with pytest.raises(ConfigError, match="finished, but its checkpoint .* is gone"):
         read_done(tmp_path, "sft")  # rerunning it would drop the later stages' work
-    ckpt.mkdir(parents=True)
-    (ckpt / "config.json").write_text("{}")
+    save_tiny_model(ckpt)
     assert read_done(tmp_path, "sft") == {"checkpoint": str(ckpt.resolve()), "seconds": 12.5}
+    weights = ckpt / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size - 1)
+    with pytest.raises(ConfigError, match="finished, but its checkpoint.*cannot be read"):
+        read_done(tmp_path, "sft")
     # Stored relative to the run directory, so a moved run directory still finds it.
     done = json.loads((stage_state_dir(tmp_path, "sft") / "done.json").read_text())
     assert done["checkpoint"] == "checkpoints/sft"

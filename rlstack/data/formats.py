@@ -21,6 +21,7 @@ prompt_field="question", response_field="answer")`.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import re
@@ -122,6 +123,7 @@ def gsm8k_calc(
     max_operators: int | None = None,
     integer_results: bool = False,
     max_prompt_chars: int | None = None,
+    scratchpad: float = 0.0,
 ) -> list[dict]:
     """Calculator rows from GSM8K worked answers.
 
@@ -133,7 +135,14 @@ def gsm8k_calc(
     Options narrow the task, e.g. for a small model: `max_operators` keeps expressions with at
     most that many arithmetic operators (`48/2` has one), `integer_results` keeps whole-number
     results, `max_prompt_chars` keeps expressions up to that length.
+
+    `scratchpad` is the share of rows whose response works the result out first: its digits
+    from the ones digit up (the order in which carries propagate), then `=` and the result
+    (`12*52` -> `426=624`). The verifier reads the last number, so both styles score alike.
+    Which rows get one is a fixed function of the expression, so every run picks the same.
     """
+    if not 0.0 <= scratchpad <= 1.0:
+        raise ConfigError(f"gsm8k_calc: scratchpad must be a share in [0, 1], got {scratchpad!r}")
     rows = []
     seen: set[str] = set()
     skipped = narrowed = 0
@@ -154,7 +163,10 @@ def gsm8k_calc(
             ):
                 narrowed += 1
                 continue
-            rows.append({"prompt": expression, "reference": result, "response": result})
+            response = result
+            if scratchpad and _share(expression) < scratchpad:
+                response = f"{result[::-1]}={result}" if result.isdigit() else result
+            rows.append({"prompt": expression, "reference": result, "response": response})
 
     logger.info(
         "gsm8k_calc: %d distinct calculations from %d records of %s (%d annotations unusable, "
@@ -166,6 +178,11 @@ def gsm8k_calc(
         narrowed,
     )
     return rows
+
+
+def _share(text: str) -> float:
+    """A number in [0, 1) fixed by `text` (the same in every process and run)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def hh_rlhf(

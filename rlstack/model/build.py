@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -181,3 +182,22 @@ def save_model(
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+
+
+def check_weights(key: str, checkpoint: Path) -> None:
+    """A ConfigError unless every safetensors file of `checkpoint` reads whole.
+
+    Opening a file parses its header and checks the data covers every tensor it lists, without
+    reading the tensors, so a truncated or overwritten file is named here instead of failing
+    inside a learner or rollout engine.
+    """
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files and not any(checkpoint.glob("pytorch_model*.bin")):
+        raise ConfigError(f"{key}: {checkpoint} holds no weights (no *.safetensors file)")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises its own error type, or OSError
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"{key}: {file} cannot be read ({reason})") from None

@@ -15,6 +15,7 @@ from rlstack.errors import ConfigError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
 from rlstack.metrics import MetricsWriter
+from rlstack.model.build import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def check_checkpoint(
                 f"but model.max_seq_len is {max_seq_len}; set model.max_seq_len={positions} "
                 f"or less"
             )
+    if looks_local:
+        check_weights(key, local)
 
 
 def _max_positions(config_json: Path) -> int | None:
