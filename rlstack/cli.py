@@ -3,6 +3,7 @@
     rlstack run [CONFIG] [--run-dir DIR] [dotted.key=value ...]
     rlstack run --resume RUN_DIR [ray.address=... and other keys that do not change results]
     rlstack submit CONFIG --address http://127.0.0.1:8265 [--run-dir DIR] [key=value ...]
+    rlstack submit --resume RUN_DIR --address http://127.0.0.1:8265 [key=value ...]
     rlstack verify VERIFIER DATA.jsonl [--json] [--timeout S] [--workers N] [--arg k=v ...]
     rlstack serve-rm CHECKPOINT [--host 127.0.0.1] [--port 8000] [--batch-size N] [--threads N]
 

@@ -1,9 +1,10 @@
 """`rlstack submit`: a run submitted as a Ray job to a loopback cluster (one or two nodes), the
-verifier code it carries, and its fast failures."""
+verifier code it carries, a stopped run resumed as a job (`--resume`), and its fast failures."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import time
@@ -11,13 +12,19 @@ from pathlib import Path
 
 import pytest
 from conftest import NODE_SLOT
+from test_cli_errors import assert_one_clear_error, rlstack
+from tiny_config import TINY
 
 from rlstack import runtime
+from rlstack.config import load_config, to_yaml
 from rlstack.errors import ConfigError, RLStackError
+from rlstack.metrics import read_metrics
+from rlstack.stages.state import write_state
 from rlstack.submit import (
     add_submit_arguments,
     job_entrypoint,
     job_runtime_env,
+    resume_entrypoint,
     stage_verifier_files,
     submit_job,
 )
@@ -46,6 +53,60 @@ def test_submitted_run_succeeds_and_writes_its_run_dir(
     assert code == 0
     assert (run_dir / "metrics.jsonl").is_file()
     assert (run_dir / "checkpoints" / "pretrain" / "config.json").is_file()
+
+
+LONG_PRETRAIN = """\
+stages: [pretrain]
+pretrain: {steps: 300, batch_size: 2, seq_len: 32, eval_every: 0, save_every: 2}
+"""
+
+
+def test_job_stopped_mid_stage_resumes_as_a_job_from_its_saved_state(
+    ray_jobs_address: str, experiment_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A pretrain job is stopped (`ray job stop`) once it saved a state; `submit --resume`
+    continues it on the cluster, with an override that a resume accepts. The run directory lies
+    outside the working_dir, as on storage the nodes share. 300 steps of about 20 ms leave
+    several seconds between the first saved state and the stage's end for the stop to land."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    run = tmp_path_factory.mktemp("shared") / "run"
+    (experiment_dir / "long.yaml").write_text(LONG_PRETRAIN)
+    client = JobSubmissionClient(ray_jobs_address)
+
+    assert submit_job("long.yaml", ray_jobs_address, TINY, str(run), wait=False) == 0
+    (job,) = [j for j in client.list_jobs() if str(run) in (j.entrypoint or "")]
+    deadline = time.monotonic() + 300
+    while not list((run / "state" / "pretrain").glob("step-*")):
+        assert not client.get_job_status(job.submission_id).is_terminal(), client.get_job_logs(
+            job.submission_id
+        )[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.stop_job(job.submission_id)
+    while not client.get_job_status(job.submission_id).is_terminal():
+        time.sleep(0.2)
+    assert client.get_job_status(job.submission_id) == JobStatus.STOPPED
+    assert not (run / "state" / "pretrain" / "done.json").exists(), "finished before the stop"
+    assert not (run / "summary.json").exists()
+
+    code = submit_job(
+        None, ray_jobs_address, ["pretrain.save_every=50"], None, timeout_s=900, resume=str(run)
+    )
+
+    assert code == 0
+    (resumed,) = [j for j in client.list_jobs() if f"--resume {run}" in (j.entrypoint or "")]
+    assert resumed.entrypoint == resume_entrypoint(str(run), ["pretrain.save_every=50"])
+    assert resumed.status == JobStatus.SUCCEEDED
+    (record,) = [json.loads(line) for line in (run / "state" / "resumes.jsonl").open()]
+    assert record["stage"] == "pretrain" and record["step"] > 0
+    log = (run / "run.log").read_text()
+    assert f"resuming {run}: no stage finished; pretrain restarts from step {record['step']}" in log
+    assert json.loads((run / "summary.json").read_text())["stage_seconds"].keys() == {"pretrain"}
+    assert (run / "state" / "pretrain" / "done.json").is_file()
+    steps = [row["step"] for row in read_metrics(run) if "loss" in row]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert load_config(str(run / "config.yaml")).pretrain.save_every == 50
 
 
 MARKER_VERIFIER = """
@@ -267,3 +328,104 @@ def test_no_overrides_and_no_wait_parse() -> None:
     args = parser.parse_args(["c.yaml", "--no-wait", "--address", "http://h:8265"])
 
     assert (args.overrides, args.wait, args.run_dir, args.timeout) == ([], False, None, None)
+
+
+@pytest.fixture
+def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory as a stopped pretrain run leaves it: its config and one saved state."""
+    run = tmp_path_factory.mktemp("shared") / "run"
+    run.mkdir()
+    cfg = load_config(None, ["stages=[pretrain]", f"run_dir={run}"])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    write_state(run, "pretrain", 4, {"data": {}})
+    return run
+
+
+def test_submit_takes_either_a_config_or_resume(
+    experiment_dir: Path, stopped_run: Path, unused_port: int
+) -> None:
+    address = f"http://127.0.0.1:{unused_port}"
+
+    result = rlstack("submit", "--address", address, cwd=experiment_dir)
+    assert_one_clear_error(result, "give a CONFIG file to run, or --resume RUN_DIR")
+    result = rlstack(
+        "submit",
+        "tiny.yaml",
+        "--resume",
+        str(stopped_run),
+        "--address",
+        address,
+        cwd=experiment_dir,
+    )
+    assert_one_clear_error(result, "submit --resume", "a config file (tiny.yaml) cannot be given")
+    with pytest.raises(ConfigError, match="--run-dir cannot be given"):
+        submit_job(None, address, [], "elsewhere", resume=str(stopped_run))
+
+
+def test_resume_of_a_local_directory_is_checked_before_submitting(
+    experiment_dir: Path, stopped_run: Path, unused_port: int
+) -> None:
+    """A RUN_DIR that exists here is refused as `run --resume` would refuse it, naming it; the
+    first override lands in CONFIG's place when parsed and still counts as an override."""
+    address = f"http://127.0.0.1:{unused_port}"
+
+    result = rlstack(
+        "submit",
+        "--resume",
+        str(stopped_run),
+        "--address",
+        address,
+        "ray.start_timeout_s=60",
+        "pretrain.steps=9",
+        cwd=experiment_dir,
+    )
+    assert_one_clear_error(result, "pretrain.steps=9", "would change the run's results")
+    with pytest.raises(ConfigError, match="no config.yaml; it is not a run directory"):
+        submit_job(None, address, [], None, resume=str(experiment_dir))
+    (stopped_run / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError, match="finished .summary.json.; nothing to resume"):
+        submit_job(None, address, [], None, resume=str(stopped_run))
+
+
+def test_resume_of_a_directory_only_the_cluster_has_is_submitted_absolute(
+    experiment_dir: Path, unused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    address = f"http://127.0.0.1:{unused_port}"
+    with pytest.raises(ConfigError, match="relative path that does not exist here"):
+        submit_job(None, address, [], None, resume="runs/gone")
+
+    with caplog.at_level(logging.INFO, logger="rlstack.submit"):
+        with pytest.raises(RLStackError, match="cannot reach the Ray cluster"):
+            submit_job(None, address, [], None, resume="/cluster/only/run")
+
+    assert any("the job checks it on the cluster" in r.getMessage() for r in caplog.records)
+    assert shlex.split(resume_entrypoint("/shared/my run", ["ray.start_timeout_s=60"])) == [
+        "python",
+        "-m",
+        "rlstack",
+        "run",
+        "--resume",
+        "/shared/my run",
+        "ray.start_timeout_s=60",
+    ]
+
+
+def test_resume_of_a_run_whose_verifier_file_travelled_alone_needs_a_copy(
+    experiment_dir: Path, stopped_run: Path, unused_port: int
+) -> None:
+    """The first job named a verifier file outside the working_dir by its staged package; a
+    resumed job carries no such package, so the working_dir must hold a copy of it."""
+    package, address = "rlstack_verifier_check_0123456789", f"http://127.0.0.1:{unused_port}"
+    cfg = load_config(
+        None, ["stages=[grpo]", f"run_dir={stopped_run}", f"grpo.verifier={package}.check:score"]
+    )
+    (stopped_run / "config.yaml").write_text(to_yaml(cfg))
+    write_state(stopped_run, "grpo", 2, {"data": {}})
+
+    copy = experiment_dir / package / "check.py"
+    with pytest.raises(ConfigError, match=f"copy that same file to {copy}"):
+        submit_job(None, address, [], None, resume=str(stopped_run))
+    copy.parent.mkdir()
+    copy.write_text("def score(prompt, response, reference, **extras):\n    return 1.0\n")
+    with pytest.raises(RLStackError, match="cannot reach the Ray cluster"):
+        submit_job(None, address, [], None, resume=str(stopped_run))
