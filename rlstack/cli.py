@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("rlstack: interrupted", file=sys.stderr)
+        for note in getattr(err, "__notes__", []):  # where the run stopped, how to resume
+            print(note, file=sys.stderr)
         return 130
     except Exception as err:
         user = user_error(err)

@@ -163,16 +163,22 @@ def _stopped(ctx: StageContext, stage: str, err: BaseException) -> RLStackError 
         hint = f"the run can resume at the start of {stage}: {command}"
     else:
         every = getattr(ctx.cfg, stage).save_every
-        hint = f"no state was saved yet ({stage}.save_every={every}); start the run again"
+        hint = (
+            f"no state was saved yet ({stage}.save_every={every}); start the run again in "
+            f"another run directory (or remove {ctx.run_dir} first)"
+        )
     where = f"at step {ctx.step}" if ctx.step else "while starting"
     if isinstance(err, BrokenStateError):  # its message says how to continue
         return RLStackError(f"stage {stage} stopped {where}: {err}")
     if isinstance(err, KeyboardInterrupt):
         logger.error("stage %s interrupted %s; %s", stage, where, hint)
+        err.add_note(f"rlstack: stage {stage} interrupted {where}; {hint}")
         return None
     user = user_error(err)
     if user is None:  # a bug or an engine failure: keep its traceback, say how to continue
         logger.error("stage %s stopped %s (%s); %s", stage, where, type(err).__name__, hint)
+        # The note ends the printed traceback, so the way on is the last thing a user reads.
+        err.add_note(f"rlstack: stage {stage} stopped {where}; {hint}")
         return None
     return RLStackError(f"stage {stage} stopped {where}: {user}; {hint}")
 

@@ -85,6 +85,7 @@ def resume_point(run_dir: Path, cfg: Config) -> tuple[dict[str, dict], str, Save
     if saved is None and not finished:
         raise ConfigError(
             f"--resume: nothing to resume in {run_dir}: no stage finished and {current} saved "
-            f"no state ({current}.save_every={getattr(cfg, current).save_every}); start a new run"
+            f"no state ({current}.save_every={getattr(cfg, current).save_every}); start a new run "
+            f"in another run directory (or remove {run_dir} first)"
         )
     return finished, current, saved

@@ -216,7 +216,7 @@ def test_ctrl_c_names_the_stage_and_the_step_to_resume_from(resumed):
     assert 1 <= len(resumed["sft_states"]) <= 2  # only the newest states are kept
     newest = int(resumed["sft_states"][-1].removeprefix("step-"))
     hint = f"the run can resume from sft step {newest}: rlstack run --resume {resumed['run']}"
-    assert hint in resumed["first_log"]
+    assert hint in resumed["first_log"].split("rlstack: interrupted", 1)[1]  # the last word
     assert not resumed["finished_first"]
 
 

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from tiny_config import save_tiny_model
 
+from rlstack.config import load_config
 from rlstack.errors import ConfigError, DataError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec, _lr_lambda
@@ -223,3 +224,21 @@ def test_a_state_with_a_broken_meta_says_which_directory_to_remove(tmp_path):
     with pytest.raises(BrokenStateError, match="lacks train_rows") as err:
         _stage_state(_Ctx(tmp_path, rows)).restore()
     assert f"remove {newest} to resume from step 5" in str(err.value)
+
+
+def test_an_engine_failure_keeps_its_traceback_and_ends_it_with_the_way_to_resume(tmp_path):
+    from rlstack.driver import _stopped
+
+    ctx = SimpleNamespace(run_dir=tmp_path, outputs={}, step=7, cfg=load_config(None))
+    crash = RuntimeError("The actor died unexpectedly before finishing this task.")
+    assert _stopped(ctx, "grpo", crash) is None  # re-raised as it is, traceback and all
+    assert crash.__notes__ == [
+        "rlstack: stage grpo stopped at step 7; no state was saved yet (grpo.save_every=10); "
+        f"start the run again in another run directory (or remove {tmp_path} first)"
+    ]
+    write_state(tmp_path, "grpo", 5, {"data": {}})
+    crash = RuntimeError("worker crashed")
+    assert _stopped(ctx, "grpo", crash) is None
+    assert crash.__notes__[0].endswith(
+        f"the run can resume from grpo step 5: rlstack run --resume {tmp_path}"
+    )
