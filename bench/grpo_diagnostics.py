@@ -148,7 +148,9 @@ def write_files(out: Path, n: int) -> None:
     path = Path(cfg.data_root) / "gsm8k" / "test.jsonl"
     with path.open() as f:
         options = OmegaConf.to_container(cfg.grpo.data.options)
-        test = {r["prompt"] for r in gsm8k_calc([json.loads(line) for line in f], "test", **options)}
+        test = {
+            r["prompt"] for r in gsm8k_calc([json.loads(line) for line in f], "test", **options)
+        }
     operands: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for row in train:
         match = re.fullmatch(r"(\d+)([-+*/])(\d+)", row["prompt"])
@@ -165,7 +167,11 @@ def write_files(out: Path, n: int) -> None:
         left, right = rng.choice(operands[op][0]), rng.choice(operands[op][1])
         expression = f"{left}{op}{right}"
         a, b = int(left), int(right)
-        if len(expression) > options["max_prompt_chars"] or expression in test or expression in made:
+        if (
+            len(expression) > options["max_prompt_chars"]
+            or expression in test
+            or expression in made
+        ):
             continue
         if op == "/" and (b == 0 or a % b):
             continue

@@ -305,7 +305,9 @@ def _check_sections(schema: Any, given: Any, origin: str, prefix: str = "") -> N
         elif value is not None and not (isinstance(value, str) and value.startswith("${")):
             section = schema[name]
             keys = list(section.keys())
-            plain = [k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(section, k))]
+            plain = [
+                k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(section, k))
+            ]
             raise ConfigError(
                 f"{origin}: '{key}' is a section, not a value: set keys inside it "
                 f"(e.g. {key}.{(plain or keys)[0]}=...; its keys: {', '.join(keys)})"
