@@ -6,9 +6,11 @@ output from the learner's own weights, token for token, for a dense and a mixtur
 model. The engine's sampled-token logprobs must match the learner's to fp32 precision.
 """
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import ray
 import torch
 
 from rlstack.learner.group import LearnerGroup
@@ -125,6 +127,12 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
             ]
             out = rollout.generate(many, 1, {**GREEDY, "temperature": 1.0, "max_tokens": 4}, seed=3)
             assert len(out["samples"]) == 300
+
+        # vLLM's rendezvous file lands in the engine's own temporary directory, removed with it.
+        scratch = Path(ray.get(rollout.engines[0].scratch_dir.remote()))
+        assert any(p.name.startswith("vllm_dist_") for p in scratch.iterdir())
+        rollout.shutdown()
+        assert not scratch.exists()
     finally:
         rollout.shutdown()
         learner.shutdown()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -21,6 +23,10 @@ class RolloutEngine:
 
     def __init__(self, model_path: str, cfg: dict[str, Any], max_model_len: int, seed: int) -> None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg["kv_cache_gib"])
+        # vLLM leaves its torch.distributed rendezvous file (vllm_dist_<id>) in the temporary
+        # directory; this engine's own one goes with it at `close`.
+        self.scratch = tempfile.mkdtemp(prefix="rlstack-vllm-")
+        tempfile.tempdir = self.scratch
         from vllm import LLM
 
         t0 = time.time()
@@ -48,6 +54,14 @@ class RolloutEngine:
 
     def ready(self) -> int:
         return self.version
+
+    def scratch_dir(self) -> str:
+        return self.scratch
+
+    def close(self) -> None:
+        """Remove this engine's temporary files; the actor is killed next."""
+        tempfile.tempdir = None
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def generate(
         self,

@@ -100,6 +100,10 @@ class RolloutGroup:
         ray.get(done)
 
     def shutdown(self) -> None:
+        try:  # each engine removes its temporary files (on its own node)
+            ray.get([e.close.remote() for e in self.engines], timeout=30)
+        except Exception as err:  # a dead or hung engine: nothing more to wait for
+            logger.warning("rollout: an engine did not close cleanly (%s)", type(err).__name__)
         for e in self.engines:
             ray.kill(e)
         self.engines = []
