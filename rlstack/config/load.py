@@ -1,0 +1,95 @@
+"""Loading a config: defaults, then the YAML file, then `dotted.key=value` overrides.
+
+Merge and type errors of OmegaConf are rewritten as one `ConfigError` that names the key and
+what it takes; the merged config is then resolved and validated (`rlstack.config.checks`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlstack.config.checks import validate
+from rlstack.config.schema import Config
+from rlstack.errors import ConfigError
+
+
+def _check_sections(schema: Any, given: Any, origin: str, prefix: str = "") -> None:
+    """A ConfigError naming the key where `given` puts a value in place of a whole section.
+
+    OmegaConf reports that case as a merge error without the key (`int is not a subclass of
+    SFTConfig`); this names it and lists the section's keys.
+    """
+    if not isinstance(given, dict):
+        return
+    for name, value in given.items():
+        if not isinstance(name, str) or name not in schema:
+            continue  # unknown keys are reported by the merge
+        if not dataclasses.is_dataclass(OmegaConf.get_type(schema, name)):
+            continue
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            _check_sections(schema[name], value, origin, f"{key}.")
+        elif value is not None and not (isinstance(value, str) and value.startswith("${")):
+            section = schema[name]
+            keys = list(section.keys())
+            plain = [
+                k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(section, k))
+            ]
+            raise ConfigError(
+                f"{origin}: '{key}' is a section, not a value: set keys inside it "
+                f"(e.g. {key}.{(plain or keys)[0]}=...; its keys: {', '.join(keys)})"
+            )
+
+
+def _explain(err: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if key and "is not a ListConfig" in msg:
+        return f"{origin}: config key '{key}' takes a list, e.g. {key}=[a,b] (one item: [a])"
+    if "Key '" in msg and "not in" in msg:
+        name = msg.split("'")[1]
+        parent = key.rsplit(".", 1)[0] if key and "." in key else ""
+        place = f"{parent}.{name}" if parent else name
+        return f"{origin}: unknown config key '{place}'"
+    return f"{origin}: config key '{key}': {msg}" if key else f"{origin}: {msg}"
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Merge defaults, the YAML file (if any) and `key=value` overrides; validate; resolve."""
+    schema = OmegaConf.structured(Config)
+    origin = path or "defaults"
+    try:
+        merged = schema
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            loaded = OmegaConf.load(path)
+            _check_sections(schema, OmegaConf.to_container(loaded), origin)
+            merged = OmegaConf.merge(merged, loaded)
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected dotted.key=value")
+            origin = f"override {item!r}"
+            given = OmegaConf.from_dotlist([item])
+            _check_sections(schema, OmegaConf.to_container(given), origin)
+            merged = OmegaConf.merge(merged, given)
+        origin = path or "defaults"
+        OmegaConf.resolve(merged)
+        cfg: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, origin)) from None
+    except Exception as err:  # the YAML parser's errors
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{origin}: cannot read config ({type(err).__name__}: {err})") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
