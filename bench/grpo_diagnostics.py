@@ -13,10 +13,10 @@ is not a training prompt):
 
     python bench/grpo_diagnostics.py files DIR [--n 30000]
         data files for GRPO variants: DIR/fresh.jsonl, calculations nobody labelled (operands
-        of GSM8K-train calculations recombined, same narrowing, no GSM8K-test calculation);
+        of GSM8K-train calculations recombined, same narrowing, no calculation of GSM8K train or test);
         DIR/heldout.jsonl, the held-out calculations (for a run whose stages do not train on
-        GSM8K train); DIR/both_styles.jsonl, every training calculation twice, answered directly
-        and with the scratchpad (prompt_response rows).
+        GSM8K train); DIR/both_styles.jsonl, every training calculation answered directly and
+        (whole non-negative results) with the scratchpad (prompt_response rows).
 
     python bench/grpo_diagnostics.py offline CHECKPOINT --lr 5e-5 [--steps 150] [--prompts 16]
         a minimal GRPO loop in plain PyTorch + transformers (HF generate, group-normalised
@@ -159,6 +159,7 @@ def write_files(out: Path, n: int) -> None:
             operands[op][0].append(left)
             operands[op][1].append(right)
     rng, made, fresh = random.Random(0), set(), []
+    seen = test | {r["prompt"] for r in train}  # nobody labelled: in neither GSM8K split
     ops = [op for op, (left, _) in operands.items() for _ in left]  # as often as in GSM8K
     for _ in range(100 * n):
         if len(fresh) == n:
@@ -169,7 +170,7 @@ def write_files(out: Path, n: int) -> None:
         a, b = int(left), int(right)
         if (
             len(expression) > options["max_prompt_chars"]
-            or expression in test
+            or expression in seen
             or expression in made
         ):
             continue
@@ -186,11 +187,11 @@ def write_files(out: Path, n: int) -> None:
         f.writelines(
             json.dumps({"answer": f"<<{r['prompt']}={r['reference']}>>"}) + "\n" for r in held
         )
+    both = [(r["prompt"], r["reference"]) for r in train]
+    both += [(p, f"{v[::-1]}={v}") for p, v in both if v.isdigit()]  # as gsm8k_calc's scratchpad
     with (out / "both_styles.jsonl").open("w") as f:
-        for r in train:
-            for response in (r["reference"], f"{r['reference'][::-1]}={r['reference']}"):
-                f.write(json.dumps({"prompt": r["prompt"], "response": response}) + "\n")
-    print(f"{out}: {len(fresh)} fresh, {len(held)} held-out, {2 * len(train)} both-style rows")
+        f.writelines(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in both)
+    print(f"{out}: {len(fresh)} fresh, {len(held)} held-out, {len(both)} both-style rows")
 
 
 def offline_grpo(checkpoint: str, lr: float, steps: int, prompts: int, group: int) -> None:

@@ -59,7 +59,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir or cfg.run_dir or new_run_dir()).resolve()
     if run_dir.exists() and not run_dir.is_dir():
         raise RLStackError(f"run directory {run_dir} is a file; choose a directory")
-    for name in ("metrics.jsonl", "config.yaml", "summary.json"):
+    if (run_dir / "summary.json").exists():
+        raise RLStackError(f"run directory {run_dir} holds a finished run; choose another")
+    for name in ("metrics.jsonl", "config.yaml"):
         if (run_dir / name).exists():
             raise RLStackError(
                 f"run directory {run_dir} already holds {name} (a run's or yours); choose "

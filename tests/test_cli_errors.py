@@ -56,6 +56,36 @@ def test_value_given_for_a_section_or_a_list_is_named_with_what_it_takes(tmp_pat
     assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", "'sft.optim'", "lr")
 
 
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("stages: {a: 1}\n", "'stages' takes a list"),
+        ("pretrain: {data: {options: [1, 2]}}\n", "'pretrain.data.options' takes a mapping"),
+        ("pretrain.steps: 5\n", "'pretrain.steps' is a dotted key"),
+        ("- pretrain\n", "a mapping of keys, not a list"),
+        ("seed: 1\nseed: 2\n", "duplicate key seed"),
+    ],
+)
+def test_config_files_of_the_wrong_shape_are_named_in_one_line(text, fragment, tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", fragment)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("pretrain.optim.betas={a:1}", "'pretrain.optim.betas' takes a list"),
+        ("grpo.verifier_resources=[1]", "'grpo.verifier_resources' takes a mapping"),
+        ("model..hidden_size=3", "expected dotted.key=value"),
+        ("stages=[pretrain", "ParserError"),
+        ("stages=[pretrain,sft,pretrain]", "pretrain listed more than once"),
+    ],
+)
+def test_overrides_of_the_wrong_shape_are_named_in_one_line(override, fragment, tmp_path):
+    assert_one_clear_error(rlstack("run", override, cwd=tmp_path), fragment)
+
+
 def test_missing_data_file_is_named(tmp_path):
     missing = tmp_path / "nowhere" / "train.jsonl"
     result = rlstack("run", "stages=[sft]", f"sft.data.train={missing}", cwd=tmp_path)
@@ -224,3 +254,40 @@ def test_checkpoint_with_truncated_weights_is_named_before_ray_starts(tmp_path):
     weights.unlink()
     result = rlstack("run", "stages=[sft]", f"model.init={policy}", cwd=tmp_path)
     assert_one_clear_error(result, "model.init", "holds no weights")
+
+
+def test_checkpoint_whose_parts_do_not_load_or_match_is_named_before_ray_starts(tmp_path):
+    import json
+    import shutil
+
+    from tiny_config import save_tiny_model
+
+    good = save_tiny_model(tmp_path / "good", max_seq_len=256)
+    config = json.loads((good / "config.json").read_text())
+
+    def broken(name: str, damage) -> Path:
+        path = tmp_path / name
+        shutil.copytree(good, path)
+        damage(path)
+        return path
+
+    cases = [
+        (lambda p: (p / "config.json").write_text("[]"), "not an object"),
+        (lambda p: (p / "config.json").write_text("{}"), "is not a model config"),
+        (lambda p: (p / "tokenizer.json").write_text("junk"), "tokenizer cannot be loaded"),
+        (
+            lambda p: (p / "config.json").write_text(json.dumps({**config, "hidden_size": 32})),
+            "the weights belong to another model",
+        ),
+    ]
+    from rlstack.model.build import load_scalar_model, load_tokenizer, save_model
+
+    save_model(load_scalar_model(good), load_tokenizer(good), tmp_path / "rm")
+    cases.append(  # a reward model's weights under a policy's config: no output layer
+        (lambda p: shutil.copy(tmp_path / "rm" / "model.safetensors", p), "no lm_head.weight")
+    )
+    for i, (damage, fragment) in enumerate(cases):
+        path = broken(f"bad{i}", damage)
+        result = rlstack("run", "stages=[sft]", f"model.init={path}", cwd=tmp_path)
+        assert_one_clear_error(result, "model.init", fragment)
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written

@@ -117,6 +117,9 @@ def test_done_marker_needs_the_checkpoint_and_clears_the_step_states(tmp_path):
         f.truncate(weights.stat().st_size - 1)
     with pytest.raises(ConfigError, match="finished, but its checkpoint.*cannot be read"):
         read_done(tmp_path, "sft")
+    (ckpt / "config.json").write_text("[]")
+    with pytest.raises(ConfigError, match="finished, but its checkpoint.*not an object"):
+        read_done(tmp_path, "sft")
     # Stored relative to the run directory, so a moved run directory still finds it.
     done = json.loads((stage_state_dir(tmp_path, "sft") / "done.json").read_text())
     assert done["checkpoint"] == "checkpoints/sft"

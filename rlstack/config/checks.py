@@ -116,6 +116,12 @@ def validate(cfg: Config) -> None:
     for stage in cfg.stages:
         if stage not in STAGES:
             raise ConfigError(f"stages: unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    repeated = sorted({stage for stage in cfg.stages if cfg.stages.count(stage) > 1})
+    if repeated:  # a stage has one section, one checkpoint and one saved state
+        raise ConfigError(
+            f"stages: {', '.join(repeated)} listed more than once; to train longer raise its "
+            f"steps, or run again with model.init=<its checkpoint>"
+        )
     _positive(
         cfg.model,
         "model",

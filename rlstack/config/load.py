@@ -18,39 +18,55 @@ from rlstack.config.schema import Config
 from rlstack.errors import ConfigError
 
 
-def _check_sections(schema: Any, given: Any, origin: str, prefix: str = "") -> None:
-    """A ConfigError naming the key where `given` puts a value in place of a whole section.
+def _check_shapes(schema: Any, given: Any, origin: str, prefix: str = "") -> None:
+    """A ConfigError naming the key where `given` does not have the shape the schema has there.
 
-    OmegaConf reports that case as a merge error without the key (`int is not a subclass of
-    SFTConfig`); this names it and lists the section's keys.
+    OmegaConf reports these without the key (`int is not a subclass of SFTConfig`, `Cannot
+    merge incompatible container types`): a value in place of a section, a mapping in place of a
+    list or the reverse, or a dotted key written inside a YAML file.
     """
     if not isinstance(given, dict):
         return
     for name, value in given.items():
-        if not isinstance(name, str) or name not in schema:
-            continue  # unknown keys are reported by the merge
-        if not dataclasses.is_dataclass(OmegaConf.get_type(schema, name)):
-            continue
         key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            _check_sections(schema[name], value, origin, f"{key}.")
-        elif value is not None and not (isinstance(value, str) and value.startswith("${")):
-            section = schema[name]
-            keys = list(section.keys())
-            plain = [
-                k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(section, k))
-            ]
+        if isinstance(name, str) and "." in name:
+            head, _, rest = name.partition(".")
+            raise ConfigError(
+                f"{origin}: '{key}' is a dotted key inside a mapping; nest it instead "
+                f"({head}: {{{rest}: ...}})"
+            )
+        if not isinstance(name, str) or name not in schema or value is None:
+            continue  # unknown keys are reported by the merge
+        if isinstance(value, str) and value.startswith("${"):
+            continue  # an interpolation, checked when it is resolved
+        node = schema[name]
+        if dataclasses.is_dataclass(OmegaConf.get_type(schema, name)):
+            if isinstance(value, dict):
+                _check_shapes(node, value, origin, f"{key}.")
+                continue
+            keys = list(node.keys())
+            plain = [k for k in keys if not dataclasses.is_dataclass(OmegaConf.get_type(node, k))]
             raise ConfigError(
                 f"{origin}: '{key}' is a section, not a value: set keys inside it "
                 f"(e.g. {key}.{(plain or keys)[0]}=...; its keys: {', '.join(keys)})"
             )
+        if OmegaConf.is_list(node) and not isinstance(value, list):
+            raise ConfigError(_takes_a_list(origin, key))
+        if OmegaConf.is_dict(node) and not isinstance(value, dict):
+            raise ConfigError(
+                f"{origin}: config key '{key}' takes a mapping, e.g. {key}={{a: 1}} (or {key}.a=1)"
+            )
+
+
+def _takes_a_list(origin: str, key: str) -> str:
+    return f"{origin}: config key '{key}' takes a list, e.g. {key}=[a,b] (one item: [a])"
 
 
 def _explain(err: OmegaConfBaseException, origin: str) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).splitlines()[0]
     if key and "is not a ListConfig" in msg:
-        return f"{origin}: config key '{key}' takes a list, e.g. {key}=[a,b] (one item: [a])"
+        return _takes_a_list(origin, key)
     if "Key '" in msg and "not in" in msg:
         name = msg.split("'")[1]
         parent = key.rsplit(".", 1)[0] if key and "." in key else ""
@@ -69,16 +85,18 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
             loaded = OmegaConf.load(path)
-            _check_sections(schema, OmegaConf.to_container(loaded), origin)
+            if not OmegaConf.is_dict(loaded):
+                raise ConfigError(f"{path}: a config file is a mapping of keys, not a list")
+            _check_shapes(schema, OmegaConf.to_container(loaded), origin)
             merged = OmegaConf.merge(merged, loaded)
         for item in overrides:
-            if "=" not in item:
+            if "=" not in item or "" in item.partition("=")[0].split("."):
                 raise ConfigError(f"override {item!r}: expected dotted.key=value")
             origin = f"override {item!r}"
             given = OmegaConf.from_dotlist([item])
-            _check_sections(schema, OmegaConf.to_container(given), origin)
+            _check_shapes(schema, OmegaConf.to_container(given), origin)
             merged = OmegaConf.merge(merged, given)
-        origin = path or "defaults"
+        origin = " with ".join(filter(None, [path, "overrides" if overrides else ""])) or "defaults"
         OmegaConf.resolve(merged)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
@@ -86,7 +104,8 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     except Exception as err:  # the YAML parser's errors
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{origin}: cannot read config ({type(err).__name__}: {err})") from None
+        text = " ".join(str(err).split())  # YAML errors span lines: one line
+        raise ConfigError(f"{origin}: cannot read config ({type(err).__name__}: {text})") from None
     validate(cfg)
     return cfg
 

@@ -149,8 +149,14 @@ def load_causal_lm(path: str | Path) -> PreTrainedModel:
 
 
 def is_scalar_checkpoint(path: str | Path) -> bool:
+    """Whether a checkpoint is a reward model's; ValueError if its config.json is not an object."""
     cfg_file = Path(path) / "config.json"
-    return cfg_file.exists() and json.loads(cfg_file.read_text()).get(SCALAR_MARKER, False)
+    if not cfg_file.exists():
+        return False
+    config = json.loads(cfg_file.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    return bool(config.get(SCALAR_MARKER, False))
 
 
 def load_scalar_model(path: str | Path) -> PreTrainedModel:
@@ -184,20 +190,80 @@ def save_model(
     tokenizer.save_pretrained(str(path))
 
 
-def check_weights(key: str, checkpoint: Path) -> None:
-    """A ConfigError unless every safetensors file of `checkpoint` reads whole.
+def check_checkpoint_files(key: str, checkpoint: Path, scalar: bool | None = None) -> None:
+    """A ConfigError naming `key` unless `checkpoint` loads: its config, tokenizer and weights.
 
-    Opening a file parses its header and checks the data covers every tensor it lists, without
-    reading the tensors, so a truncated or overwritten file is named here instead of failing
-    inside a learner or rollout engine.
+    Cheap enough for a preflight (nothing is read but headers; the model is built on the meta
+    device): config.json must be a model config transformers knows, the tokenizer must load,
+    every safetensors file must read whole, tensors named as the model names them must have its
+    shapes, and a causal LM must hold its output layer (unless tied to the embeddings). Caught
+    here, each would otherwise fail inside a learner or rollout engine after Ray started.
     """
+    try:
+        raw = json.loads((checkpoint / "config.json").read_text())
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        config = AutoConfig.from_pretrained(str(checkpoint))
+    except Exception as err:  # json, OSError, transformers' ValueError/KeyError
+        raise ConfigError(
+            f"{key}: {checkpoint}/config.json is not a model config ({_one_line(err)})"
+        ) from None
+    try:
+        AutoTokenizer.from_pretrained(str(checkpoint))
+    except Exception as err:
+        raise ConfigError(
+            f"{key}: {checkpoint}: its tokenizer cannot be loaded ({_one_line(err)})"
+        ) from None
+    shapes = _weight_shapes(key, checkpoint)
+    text = getattr(config, "text_config", config)
+    if scalar:
+        text.num_labels = 1  # as load_scalar_model builds it
+    try:
+        with torch.device("meta"):
+            model = (
+                AutoModelForSequenceClassification.from_config(text)
+                if scalar
+                else AutoModelForCausalLM.from_config(config)
+            )
+    except Exception as err:
+        raise ConfigError(
+            f"{key}: {checkpoint}: no model can be built from its config.json ({_one_line(err)})"
+        ) from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in shapes.items():
+        if name in expected and expected[name] != shape:
+            raise ConfigError(
+                f"{key}: {checkpoint}: tensor {name} has shape {list(shape)} but its config.json "
+                f"makes it {list(expected[name])}; the weights belong to another model"
+            )
+    head = "score.weight" if scalar else "lm_head.weight"
+    tied = not scalar and getattr(text, "tie_word_embeddings", False)
+    if head in expected and not tied and not any(n.endswith(head) for n in shapes):
+        raise ConfigError(
+            f"{key}: {checkpoint}: the weights hold no {head} (the output layer); they belong "
+            f"to another kind of model"
+        )
+
+
+def _weight_shapes(key: str, checkpoint: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape over the checkpoint's safetensors files (headers only)."""
     files = sorted(checkpoint.glob("*.safetensors"))
-    if not files and not any(checkpoint.glob("pytorch_model*.bin")):
-        raise ConfigError(f"{key}: {checkpoint} holds no weights (no *.safetensors file)")
+    if not files:
+        raise ConfigError(
+            f"{key}: {checkpoint} holds no weights (no *.safetensors file; other formats are not "
+            f"read: save the model with save_pretrained(safe_serialization=True))"
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
-        try:
+        try:  # opening parses the header and checks the data covers every tensor it lists
             with safe_open(str(file), framework="pt") as handle:
-                handle.keys()
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
         except Exception as err:  # safetensors raises its own error type, or OSError
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"{key}: {file} cannot be read ({reason})") from None
+            raise ConfigError(f"{key}: {file} cannot be read ({_one_line(err)})") from None
+    return shapes
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] if text else type(err).__name__

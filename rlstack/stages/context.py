@@ -15,7 +15,7 @@ from rlstack.errors import ConfigError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
 from rlstack.metrics import MetricsWriter
-from rlstack.model.build import check_weights
+from rlstack.model.build import check_checkpoint_files
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def check_checkpoint(
                 f"or less"
             )
     if looks_local:
-        check_weights(key, local)
+        check_checkpoint_files(key, local, scalar)
 
 
 def _max_positions(config_json: Path) -> int | None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rlstack.errors import ConfigError, DataError, RLStackError
-from rlstack.model.build import check_weights
+from rlstack.model.build import check_checkpoint_files
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ def read_done(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
             f"--resume: stage {stage} finished, but its checkpoint {checkpoint} is gone; put it "
             f"back, or start a new run"
         )
-    check_weights(f"--resume: stage {stage} finished, but its checkpoint", checkpoint)
+    what = f"--resume: stage {stage} finished, but its checkpoint"
+    check_checkpoint_files(what, checkpoint, scalar=stage == "reward_model")
     return {**done, "checkpoint": str(checkpoint)}
 
 
