@@ -53,6 +53,10 @@ def _resume(args: argparse.Namespace) -> int:
     from rlstack.errors import ConfigError
     from rlstack.runtime import apply_env
 
+    if not args.resume.strip():
+        raise ConfigError("--resume: give the run directory to continue")
+    if args.config is not None and not args.config.endswith((".yaml", ".yml")):
+        raise ConfigError(f"override {args.config!r}: expected dotted.key=value")
     if args.config is not None or args.run_dir is not None:
         given = "a config file" if args.config is not None else "--run-dir"
         raise ConfigError(

@@ -195,6 +195,10 @@ def _submit_resume(
 
 def _check_mode(config_path: str | None, run_dir: str | None, resume: str | None) -> None:
     """Exactly one of CONFIG and --resume; --run-dir only with CONFIG."""
+    if resume is not None and not resume.strip():
+        raise ConfigError("submit --resume: give the run directory to continue")
+    if resume is not None and config_path and not config_path.endswith((".yaml", ".yml")):
+        raise ConfigError(f"override {config_path!r} is not of the form dotted.key=value")
     if resume is None and config_path is None:
         raise ConfigError(
             "submit: give a CONFIG file to run, or --resume RUN_DIR to continue a stopped run"

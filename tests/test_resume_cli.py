@@ -29,6 +29,12 @@ def test_resume_of_a_missing_directory_is_refused(tmp_path):
     assert_one_clear_error(result, "--resume", str(missing), "does not exist")
 
 
+def test_resume_without_a_directory_or_with_a_key_lacking_a_value_is_refused(tmp_path):
+    assert_one_clear_error(rlstack("run", "--resume", "", cwd=tmp_path), "give the run directory")
+    result = rlstack("run", "--resume", str(tmp_path), "ray.address", cwd=tmp_path)
+    assert_one_clear_error(result, "override 'ray.address': expected dotted.key=value")
+
+
 def test_resume_of_a_directory_that_is_not_a_run_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not a run")
     result = rlstack("run", "--resume", str(tmp_path), cwd=tmp_path)

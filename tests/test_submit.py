@@ -360,6 +360,18 @@ def test_submit_takes_either_a_config_or_resume(
     assert_one_clear_error(result, "submit --resume", "a config file (tiny.yaml) cannot be given")
     with pytest.raises(ConfigError, match="--run-dir cannot be given"):
         submit_job(None, address, [], "elsewhere", resume=str(stopped_run))
+    with pytest.raises(ConfigError, match="give the run directory"):
+        submit_job(None, address, [], None, resume="")
+    result = rlstack(
+        "submit",
+        "--resume",
+        str(stopped_run),
+        "--address",
+        address,
+        "ray.address",
+        cwd=experiment_dir,
+    )
+    assert_one_clear_error(result, "override 'ray.address' is not of the form dotted.key=value")
 
 
 def test_resume_of_a_local_directory_is_checked_before_submitting(
