@@ -55,8 +55,6 @@ def _resume(args: argparse.Namespace) -> int:
 
     if not args.resume.strip():
         raise ConfigError("--resume: give the run directory to continue")
-    if args.config is not None and not args.config.endswith((".yaml", ".yml")):
-        raise ConfigError(f"override {args.config!r}: expected dotted.key=value")
     if args.config is not None or args.run_dir is not None:
         given = "a config file" if args.config is not None else "--run-dir"
         raise ConfigError(
@@ -153,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not hasattr(args, "overrides"):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     args.overrides = [*args.overrides, *extra]
-    # `run key=value` has no config file.
+    # `run key=value` has no config file, nor has a resume (`--resume DIR key[=value]`): the
+    # first override lands in CONFIG's place.
+    config = getattr(args, "config", None)
     if (
-        getattr(args, "config", None)
-        and "=" in args.config
-        and not args.config.endswith((".yaml", ".yml"))
+        config
+        and not config.endswith((".yaml", ".yml"))
+        and ("=" in config or getattr(args, "resume", None) is not None)
     ):
         args.overrides = [args.config, *args.overrides]
         args.config = None

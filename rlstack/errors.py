@@ -24,6 +24,12 @@ class PluginError(RLStackError):
     """A verifier or other plug-in named in the config cannot be loaded or called."""
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as `Type: message` on a single line (for messages that quote a library's)."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def user_error(err: BaseException | None) -> RLStackError | None:
     """The RLStackError behind `err`, also when it was raised inside a Ray actor (Ray wraps it;
     the original is its `cause`), or None when there is none."""

@@ -14,6 +14,7 @@ import fnmatch
 from pathlib import Path
 
 from rlstack.config import Config, load_config
+from rlstack.config.load import override_key
 from rlstack.errors import ConfigError
 from rlstack.scorers.reward_http import is_reward_url
 from rlstack.stages.state import SavedState, latest_state, read_done
@@ -37,6 +38,13 @@ RESUME_OVERRIDES = (
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:
     """The run's saved config with the overrides `--resume` allows; errors name the key."""
     where = "--resume"
+    for item in overrides:
+        key = override_key(item).strip()
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_OVERRIDES):
+            raise ConfigError(
+                f"{where}: override {item!r} would change the run's results; a resumed run keeps "
+                f"its config.yaml (allowed: {', '.join(RESUME_OVERRIDES)})"
+            )
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         what = "is not a directory" if run_dir.exists() else "does not exist"
@@ -48,13 +56,6 @@ def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...]) -
         raise ConfigError(
             f"{where}: the run in {run_dir} finished (summary.json); nothing to resume"
         )
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_OVERRIDES):
-            raise ConfigError(
-                f"{where}: override {item!r} would change the run's results; a resumed run keeps "
-                f"its config.yaml (allowed: {', '.join(RESUME_OVERRIDES)})"
-            )
     before = load_config(str(saved))
     cfg = load_config(str(saved), overrides)
     for stage in ("ppo", "grpo"):

@@ -197,8 +197,6 @@ def _check_mode(config_path: str | None, run_dir: str | None, resume: str | None
     """Exactly one of CONFIG and --resume; --run-dir only with CONFIG."""
     if resume is not None and not resume.strip():
         raise ConfigError("submit --resume: give the run directory to continue")
-    if resume is not None and config_path and not config_path.endswith((".yaml", ".yml")):
-        raise ConfigError(f"override {config_path!r} is not of the form dotted.key=value")
     if resume is None and config_path is None:
         raise ConfigError(
             "submit: give a CONFIG file to run, or --resume RUN_DIR to continue a stopped run"
@@ -232,6 +230,7 @@ def _check_resumable(run_dir: Path, working_dir: Path, overrides: list[str]) -> 
     run finished or saved nothing, an override could change its results; and a verifier file
     the first job carried as a package of its own, which this job does not carry."""
     from rlstack.resume import resume_config, resume_point
+    from rlstack.verifiers import parse_verifier_entries
 
     cfg = resume_config(run_dir, overrides)
     resume_point(run_dir, cfg)
@@ -239,7 +238,7 @@ def _check_resumable(run_dir: Path, working_dir: Path, overrides: list[str]) -> 
         section = getattr(cfg, stage)
         if getattr(section, "reward_source", None) != "verifier":
             continue
-        for spec in _verifier_specs(section.verifier):
+        for spec in (e.spec for e in parse_verifier_entries(section.verifier, f"{stage}.verifier")):
             module = spec.rpartition(":")[0] or spec
             package, _, stem = module.partition(".")
             if not package.startswith("rlstack_verifier_") or not stem:
@@ -251,19 +250,6 @@ def _check_resumable(run_dir: Path, working_dir: Path, overrides: list[str]) -> 
                     f"first job carried (as package {package}); copy that same file to {copy} "
                     "(the package name ends in a hash of its content) and submit again"
                 )
-
-
-def _verifier_specs(value: Any) -> list[str]:
-    """The verifier specs a `<stage>.verifier` value names (a string, or a list of entries)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [
-            v if isinstance(v, str) else v.get("name")
-            for v in value
-            if isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("name"), str))
-        ]
-    return []
 
 
 def _submit(client: Any, address: str, name: str, entrypoint: str, runtime_env: dict) -> str:
@@ -378,20 +364,17 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     # note: nargs="*" would let argparse consume an empty list right after CONFIG and reject
     # overrides given after the options; "+" made optional matches them wherever they follow.
     # CONFIG is optional the same way (nargs="?" would take a lone CONFIG for an override);
-    # with --resume the first override lands in it, and run_submit moves it back.
+    # with --resume the first override lands in it, and rlstack.cli.main moves it back.
     overrides.required = False
     config.required = False
 
 
 def run_submit(args: argparse.Namespace) -> int:
     """Run `rlstack submit` from parsed arguments; returns the exit code."""
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
-        config, overrides = None, [config, *overrides]  # `--resume DIR key=value`: no CONFIG
     return submit_job(
-        config,
+        args.config,
         args.address,
-        overrides,
+        list(args.overrides),
         args.run_dir,
         wait=args.wait,
         timeout_s=args.timeout,

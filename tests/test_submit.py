@@ -341,6 +341,11 @@ def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def submit_resume(run: Path, address: str, *args: str, cwd: Path):
+    """`rlstack submit --resume RUN --address ADDRESS [args]` in a subprocess."""
+    return rlstack("submit", "--resume", str(run), "--address", address, *args, cwd=cwd)
+
+
 def test_submit_takes_either_a_config_or_resume(
     experiment_dir: Path, stopped_run: Path, unused_port: int
 ) -> None:
@@ -348,29 +353,13 @@ def test_submit_takes_either_a_config_or_resume(
 
     result = rlstack("submit", "--address", address, cwd=experiment_dir)
     assert_one_clear_error(result, "give a CONFIG file to run, or --resume RUN_DIR")
-    result = rlstack(
-        "submit",
-        "tiny.yaml",
-        "--resume",
-        str(stopped_run),
-        "--address",
-        address,
-        cwd=experiment_dir,
-    )
+    result = submit_resume(stopped_run, address, "tiny.yaml", cwd=experiment_dir)
     assert_one_clear_error(result, "submit --resume", "a config file (tiny.yaml) cannot be given")
     with pytest.raises(ConfigError, match="--run-dir cannot be given"):
         submit_job(None, address, [], "elsewhere", resume=str(stopped_run))
     with pytest.raises(ConfigError, match="give the run directory"):
         submit_job(None, address, [], None, resume="")
-    result = rlstack(
-        "submit",
-        "--resume",
-        str(stopped_run),
-        "--address",
-        address,
-        "ray.address",
-        cwd=experiment_dir,
-    )
+    result = submit_resume(stopped_run, address, "ray.address", cwd=experiment_dir)
     assert_one_clear_error(result, "override 'ray.address' is not of the form dotted.key=value")
 
 
@@ -381,15 +370,8 @@ def test_resume_of_a_local_directory_is_checked_before_submitting(
     first override lands in CONFIG's place when parsed and still counts as an override."""
     address = f"http://127.0.0.1:{unused_port}"
 
-    result = rlstack(
-        "submit",
-        "--resume",
-        str(stopped_run),
-        "--address",
-        address,
-        "ray.start_timeout_s=60",
-        "pretrain.steps=9",
-        cwd=experiment_dir,
+    result = submit_resume(
+        stopped_run, address, "ray.start_timeout_s=60", "pretrain.steps=9", cwd=experiment_dir
     )
     assert_one_clear_error(result, "pretrain.steps=9", "would change the run's results")
     with pytest.raises(ConfigError, match="no config.yaml; it is not a run directory"):

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlstack.config.checks import validate
 from rlstack.config.schema import Config
-from rlstack.errors import ConfigError
+from rlstack.errors import ConfigError, one_line
 
 
 def _check_shapes(schema: Any, given: Any, origin: str, prefix: str = "") -> None:
@@ -75,6 +75,14 @@ def _explain(err: OmegaConfBaseException, origin: str) -> str:
     return f"{origin}: config key '{key}': {msg}" if key else f"{origin}: {msg}"
 
 
+def override_key(item: str) -> str:
+    """The dotted key of a `dotted.key=value` override; a ConfigError naming a malformed one."""
+    key, equals, _ = item.partition("=")
+    if not equals or "" in key.split("."):
+        raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    return key
+
+
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Merge defaults, the YAML file (if any) and `key=value` overrides; validate; resolve."""
     schema = OmegaConf.structured(Config)
@@ -90,8 +98,7 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
             _check_shapes(schema, OmegaConf.to_container(loaded), origin)
             merged = OmegaConf.merge(merged, loaded)
         for item in overrides:
-            if "=" not in item or "" in item.partition("=")[0].split("."):
-                raise ConfigError(f"override {item!r}: expected dotted.key=value")
+            override_key(item)
             origin = f"override {item!r}"
             given = OmegaConf.from_dotlist([item])
             _check_shapes(schema, OmegaConf.to_container(given), origin)
@@ -104,8 +111,7 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     except Exception as err:  # the YAML parser's errors
         if isinstance(err, ConfigError):
             raise
-        text = " ".join(str(err).split())  # YAML errors span lines: one line
-        raise ConfigError(f"{origin}: cannot read config ({type(err).__name__}: {text})") from None
+        raise ConfigError(f"{origin}: cannot read config ({one_line(err)})") from None
     validate(cfg)
     return cfg
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from rlstack.data.synthetic import synthetic_records
-from rlstack.errors import ConfigError, DataError
+from rlstack.errors import ConfigError, DataError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _load_file(path: Path, where: str, max_rows: int | None) -> list[dict]:
                 return _take(_iter_csv(f, where), max_rows)
             return _read_json(f.read(), where, max_rows)
     except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{where}: cannot read file ({_one_line(e)})") from e
+        raise DataError(f"{where}: cannot read file ({one_line(e)})") from e
 
 
 def _take(rows: Iterator[dict], max_rows: int | None) -> list[dict]:
@@ -216,7 +216,7 @@ def _read_parquet(path: Path, where: str, max_rows: int | None) -> list[dict]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{where}: cannot read parquet file ({_one_line(e)})") from e
+        raise DataError(f"{where}: cannot read parquet file ({one_line(e)})") from e
     if max_rows is not None:
         table = table.slice(0, max_rows)
     return table.to_pylist()
@@ -229,14 +229,8 @@ def _load_with_datasets(name: str, where: str, split: str, max_rows: int | None)
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as e:  # network, authentication and format errors all land here
-        raise DataError(f"cannot load dataset {where!r} (split {split!r}): {_one_line(e)}") from e
+        raise DataError(f"cannot load dataset {where!r} (split {split!r}): {one_line(e)}") from e
 
     if max_rows is not None:
         dataset = dataset.select(range(min(max_rows, len(dataset))))
     return dataset.to_list()
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception as `Type: message` on a single line."""
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__

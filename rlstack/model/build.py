@@ -37,7 +37,7 @@ from transformers import (
 from transformers.modeling_layers import GenericForSequenceClassification
 from transformers.models.llama4.modeling_llama4 import Llama4PreTrainedModel, Llama4TextModel
 
-from rlstack.errors import ConfigError
+from rlstack.errors import ConfigError, one_line
 from rlstack.model.tokenizer import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -148,15 +148,19 @@ def load_causal_lm(path: str | Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
 
-def is_scalar_checkpoint(path: str | Path) -> bool:
-    """Whether a checkpoint is a reward model's; ValueError if its config.json is not an object."""
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.exists():
-        return False
-    config = json.loads(cfg_file.read_text())
+def _config_json(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json; ValueError unless it is a JSON object."""
+    config = json.loads((Path(path) / "config.json").read_text())
     if not isinstance(config, dict):
         raise ValueError(f"a JSON {type(config).__name__}, not an object")
-    return bool(config.get(SCALAR_MARKER, False))
+    return config
+
+
+def is_scalar_checkpoint(path: str | Path) -> bool:
+    """Whether a checkpoint is a reward model's; ValueError if its config.json is not an object."""
+    if not (Path(path) / "config.json").exists():
+        return False
+    return bool(_config_json(path).get(SCALAR_MARKER, False))
 
 
 def load_scalar_model(path: str | Path) -> PreTrainedModel:
@@ -200,19 +204,17 @@ def check_checkpoint_files(key: str, checkpoint: Path, scalar: bool | None = Non
     here, each would otherwise fail inside a learner or rollout engine after Ray started.
     """
     try:
-        raw = json.loads((checkpoint / "config.json").read_text())
-        if not isinstance(raw, dict):
-            raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        _config_json(checkpoint)
         config = AutoConfig.from_pretrained(str(checkpoint))
     except Exception as err:  # json, OSError, transformers' ValueError/KeyError
         raise ConfigError(
-            f"{key}: {checkpoint}/config.json is not a model config ({_one_line(err)})"
+            f"{key}: {checkpoint}/config.json is not a model config ({one_line(err)})"
         ) from None
     try:
         AutoTokenizer.from_pretrained(str(checkpoint))
     except Exception as err:
         raise ConfigError(
-            f"{key}: {checkpoint}: its tokenizer cannot be loaded ({_one_line(err)})"
+            f"{key}: {checkpoint}: its tokenizer cannot be loaded ({one_line(err)})"
         ) from None
     shapes = _weight_shapes(key, checkpoint)
     text = getattr(config, "text_config", config)
@@ -227,7 +229,7 @@ def check_checkpoint_files(key: str, checkpoint: Path, scalar: bool | None = Non
             )
     except Exception as err:
         raise ConfigError(
-            f"{key}: {checkpoint}: no model can be built from its config.json ({_one_line(err)})"
+            f"{key}: {checkpoint}: no model can be built from its config.json ({one_line(err)})"
         ) from None
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, shape in shapes.items():
@@ -260,10 +262,5 @@ def _weight_shapes(key: str, checkpoint: Path) -> dict[str, tuple[int, ...]]:
                 for name in handle.keys():
                     shapes[name] = tuple(handle.get_slice(name).get_shape())
         except Exception as err:  # safetensors raises its own error type, or OSError
-            raise ConfigError(f"{key}: {file} cannot be read ({_one_line(err)})") from None
+            raise ConfigError(f"{key}: {file} cannot be read ({one_line(err)})") from None
     return shapes
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] if text else type(err).__name__
