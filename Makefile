@@ -26,8 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlstack tests
-	$(BIN)/ruff format --check rlstack tests
+	$(BIN)/ruff check rlstack tests bench
+	$(BIN)/ruff format --check rlstack tests bench
 
 bench-grpo: $(STAMP)
 	$(BIN)/python bench/grpo_step.py

@@ -13,10 +13,13 @@ is not a training prompt):
 
     python bench/grpo_diagnostics.py files DIR [--n 30000]
         data files for GRPO variants: DIR/fresh.jsonl, calculations nobody labelled (operands
-        of GSM8K-train calculations recombined, same narrowing, no calculation of GSM8K train or test);
+        of GSM8K-train calculations recombined, same narrowing, no calculation of GSM8K train
+        or test);
         DIR/heldout.jsonl, the held-out calculations (for a run whose stages do not train on
         GSM8K train); DIR/both_styles.jsonl, every training calculation answered directly and
-        (whole non-negative results) with the scratchpad (prompt_response rows).
+        (whole non-negative results) with the scratchpad (prompt_response rows);
+        DIR/marked_styles.jsonl, every training calculation answered directly twice and worked
+        out once behind a '#' (`#426=624`).
 
     python bench/grpo_diagnostics.py offline CHECKPOINT --lr 5e-5 [--steps 150] [--prompts 16]
         a minimal GRPO loop in plain PyTorch + transformers (HF generate, group-normalised
@@ -24,7 +27,7 @@ is not a training prompt):
         training reward every 25 steps. It checks whether rlstack's GRPO behaviour on this task
         is the algorithm's or the system's.
 
-Both read ../shared/data (run from the repository root) and run on the CPU with 2 threads.
+All read ../shared/data beside the repository and run on the CPU with 2 threads.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlstack.data.formats import gsm8k_calc
 from rlstack.stages.batches import prompt_ids
 
-CONFIG = Path(__file__).parent / "configs" / "learning-grpo.yaml"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "bench" / "configs" / "learning-grpo.yaml"
 OPERATOR = re.compile(r"[-+*/]")
 NUMBER = re.compile(r"-?\d+")
 
@@ -51,7 +55,7 @@ NUMBER = re.compile(r"-?\d+")
 def task_rows() -> tuple[list[dict], list[dict]]:
     """(training calculations, held-out calculations) as the benchmark builds them."""
     cfg = OmegaConf.load(CONFIG)
-    data_root = Path(cfg.data_root)
+    data_root = REPO / cfg.data_root  # relative to the repository root, as `make` runs it
     options = OmegaConf.to_container(cfg.grpo.data.options)
 
     def load(split: str) -> list[dict]:
@@ -145,7 +149,7 @@ def _share(samples: int, hits: int) -> str:
 def write_files(out: Path, n: int) -> None:
     train, held = task_rows()
     cfg = OmegaConf.load(CONFIG)
-    path = Path(cfg.data_root) / "gsm8k" / "test.jsonl"
+    path = REPO / cfg.data_root / "gsm8k" / "test.jsonl"
     with path.open() as f:
         options = OmegaConf.to_container(cfg.grpo.data.options)
         test = {
@@ -191,6 +195,12 @@ def write_files(out: Path, n: int) -> None:
     both += [(p, f"{v[::-1]}={v}") for p, v in both if v.isdigit()]  # as gsm8k_calc's scratchpad
     with (out / "both_styles.jsonl").open("w") as f:
         f.writelines(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in both)
+    marked = []  # direct twice, worked out once behind a '#' that names the style up front
+    for row in train:
+        p, v = row["prompt"], row["reference"]
+        marked += [(p, v), (p, v)] + ([(p, f"#{v[::-1]}={v}")] if v.isdigit() else [])
+    with (out / "marked_styles.jsonl").open("w") as f:
+        f.writelines(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in marked)
     print(f"{out}: {len(fresh)} fresh, {len(held)} held-out, {len(both)} both-style rows")
 
 

@@ -29,6 +29,11 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # A record marked run_log_only goes to RUN_DIR/run.log only: the console gets the same
+    # words once, as the last line (how a stopped run resumes).
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.addFilter(lambda record: not getattr(record, "run_log_only", False))
 
 
 def _run(args: argparse.Namespace) -> int:

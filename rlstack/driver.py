@@ -35,6 +35,8 @@ from rlstack.stages.context import StageContext
 from rlstack.stages.state import BrokenStateError, keep_metrics, latest_state, mark_done
 
 logger = logging.getLogger(__name__)
+# For a message the command line prints itself (the resume hint): logged to run.log only.
+RUN_LOG_ONLY = {"run_log_only": True}
 
 
 def new_run_dir(base: str = "runs") -> Path:
@@ -173,12 +175,19 @@ def _stopped(ctx: StageContext, stage: str, err: BaseException) -> RLStackError 
     if isinstance(err, BrokenStateError):  # its message says how to continue
         return RLStackError(f"stage {stage} stopped {where}: {err}")
     if isinstance(err, KeyboardInterrupt):
-        logger.error("stage %s interrupted %s; %s", stage, where, hint)
+        logger.error("stage %s interrupted %s; %s", stage, where, hint, extra=RUN_LOG_ONLY)
         err.add_note(f"rlstack: stage {stage} interrupted {where}; {hint}")
         return None
     user = user_error(err)
     if user is None:  # a bug or an engine failure: keep its traceback, say how to continue
-        logger.error("stage %s stopped %s (%s); %s", stage, where, type(err).__name__, hint)
+        logger.error(
+            "stage %s stopped %s (%s); %s",
+            stage,
+            where,
+            type(err).__name__,
+            hint,
+            extra=RUN_LOG_ONLY,
+        )
         # The note ends the printed traceback, so the way on is the last thing a user reads.
         err.add_note(f"rlstack: stage {stage} stopped {where}; {hint}")
         return None

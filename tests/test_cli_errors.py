@@ -54,6 +54,10 @@ def test_value_given_for_a_section_or_a_list_is_named_with_what_it_takes(tmp_pat
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("stages: [sft]\nsft:\n  optim: 0.001\n")
     assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", "'sft.optim'", "lr")
+    result = rlstack("run", "grpo.data=${seed}", cwd=tmp_path)  # an interpolation, too
+    assert_one_clear_error(result, "'grpo.data' is a section", "not a subclass of DataConfig")
+    cfg.write_text("model: ${sft}\n")
+    assert_one_clear_error(rlstack("run", str(cfg), cwd=tmp_path), "bad.yaml", "'model'")
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,8 @@ def test_ctrl_c_names_the_stage_and_the_step_to_resume_from(resumed):
     newest = int(resumed["sft_states"][-1].removeprefix("step-"))
     hint = f"the run can resume from sft step {newest}: rlstack run --resume {resumed['run']}"
     assert hint in resumed["first_log"].split("rlstack: interrupted", 1)[1]  # the last word
+    assert resumed["first_log"].count(hint) == 1  # said once on the console
+    assert hint in (resumed["run"] / "run.log").read_text()  # and kept in the run's log
     assert not resumed["finished_first"]
 
 

@@ -17,7 +17,7 @@ from rlstack.config import load_config
 from rlstack.errors import ConfigError, DataError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec, _lr_lambda
-from rlstack.stages.rl import PromptSampler
+from rlstack.stages.rl_samples import PromptSampler
 from rlstack.stages.state import (
     BrokenStateError,
     StageState,

@@ -18,16 +18,10 @@ from tiny_config import TINY
 from rlstack import runtime
 from rlstack.config import load_config, to_yaml
 from rlstack.errors import ConfigError, RLStackError
+from rlstack.job_payload import job_runtime_env, stage_verifier_files
 from rlstack.metrics import read_metrics
 from rlstack.stages.state import write_state
-from rlstack.submit import (
-    add_submit_arguments,
-    job_entrypoint,
-    job_runtime_env,
-    resume_entrypoint,
-    stage_verifier_files,
-    submit_job,
-)
+from rlstack.submit import add_submit_arguments, job_entrypoint, resume_entrypoint, submit_job
 
 TINY_CONFIG = """\
 stages: [pretrain]
@@ -268,7 +262,7 @@ def test_paths_the_job_does_not_carry_and_a_relative_run_dir_are_warned_about(
     config = TINY_CONFIG + f"data: {{train: inside.jsonl, eval: {outside}}}\n"
     (experiment_dir / "tiny.yaml").write_text(config)
 
-    with caplog.at_level(logging.WARNING, logger="rlstack.submit"):
+    with caplog.at_level(logging.WARNING, logger="rlstack"):
         with pytest.raises(RLStackError):
             submit_job("tiny.yaml", f"http://127.0.0.1:{unused_port}", ["x=../outside.jsonl"], "r")
 

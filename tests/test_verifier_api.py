@@ -198,7 +198,7 @@ def test_documented_example_verifiers_work_as_the_docs_say():
 
 
 def test_reward_parts_follow_their_samples_when_groups_are_refilled_and_selected():
-    from rlstack.stages.rl import Rollout
+    from rlstack.stages.rl_samples import Rollout
 
     def rollout(scores, parts):
         samples = [{"prompt_index": i // 2, "response_ids": [1]} for i in range(len(scores))]

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlstack.config.checks import validate
@@ -75,6 +75,19 @@ def _explain(err: OmegaConfBaseException, origin: str) -> str:
     return f"{origin}: config key '{key}': {msg}" if key else f"{origin}: {msg}"
 
 
+def _interpolated_sections(schema: Any, node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of sections (mappings in the schema) whose value is an interpolation."""
+    found = []
+    for key in node.keys():
+        expected = schema.get(key) if isinstance(schema, DictConfig) else None
+        if OmegaConf.is_interpolation(node, key):
+            if isinstance(expected, DictConfig):
+                found.append(f"{prefix}{key}")
+        elif isinstance(node._get_node(key), DictConfig):
+            found += _interpolated_sections(expected, node._get_node(key), f"{prefix}{key}.")
+    return found
+
+
 def override_key(item: str) -> str:
     """The dotted key of a `dotted.key=value` override; a ConfigError naming a malformed one."""
     key, equals, _ = item.partition("=")
@@ -104,9 +117,16 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
             _check_shapes(schema, OmegaConf.to_container(given), origin)
             merged = OmegaConf.merge(merged, given)
         origin = " with ".join(filter(None, [path, "overrides" if overrides else ""])) or "defaults"
+        sections = _interpolated_sections(schema, merged)
         OmegaConf.resolve(merged)
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
+        if not getattr(err, "full_key", None) and sections:  # `model: ${seed}` names no key
+            raise ConfigError(
+                f"{origin}: config key {' or '.join(map(repr, sections))} is a section; an "
+                "interpolation there must name a section of the same kind "
+                f"({str(err).splitlines()[0].split('. value:')[0]})"
+            ) from None
         raise ConfigError(_explain(err, origin)) from None
     except Exception as err:  # the YAML parser's errors
         if isinstance(err, ConfigError):

@@ -15,9 +15,7 @@ engine's (`is_cap`). With `max_staleness: 0` every rollout uses the latest weigh
 from __future__ import annotations
 
 import logging
-import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,96 +30,10 @@ from rlstack.scorers.reward_http import RemoteRewardModel
 from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
+from rlstack.stages.rl_samples import PromptSampler, Rollout
 from rlstack.stages.state import StageState
 
 logger = logging.getLogger(__name__)
-
-
-class PromptSampler:
-    """Shuffled passes over the training prompts; its position is part of the run state."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch, self.index = n, seed, 0, 0
-        self._order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        order = list(range(self.n))
-        random.Random(self.seed + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.index == self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._shuffle()
-            out.append(self._order[self.index])
-            self.index += 1
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"n": self.n, "seed": self.seed, "epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        """Continue from a position `state()` returned (for the same prompts and seed)."""
-        if (state["n"], state["seed"]) != (self.n, self.seed):
-            raise ValueError(
-                f"sampler state of {state['n']} prompts (seed {state['seed']}) does not fit "
-                f"{self.n} prompts (seed {self.seed})"
-            )
-        self.epoch, self.index = state["epoch"], state["index"]
-        self._order = self._shuffle()
-
-
-@dataclass
-class Rollout:
-    """Scored samples of one or more rollouts; samples of a prompt are adjacent."""
-
-    prompt_ids: list[list[int]] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
-    samples: list[dict] = field(default_factory=list)  # "prompt_index" indexes prompt_ids
-    scores: list[float] = field(default_factory=list)
-    components: dict[str, list[float]] = field(default_factory=dict)  # reward parts per sample
-    failures: dict[str, int] = field(default_factory=dict)
-    tokens: int = 0
-    seconds: float = 0.0
-    version: int = 0
-
-    def extend(self, other: Rollout) -> None:
-        offset = len(self.prompt_ids)
-        self.prompt_ids += other.prompt_ids
-        self.rows += other.rows
-        self.samples += [dict(s, prompt_index=s["prompt_index"] + offset) for s in other.samples]
-        self.scores += other.scores
-        for name, values in other.components.items():
-            self.components[name] = self.components.get(name, []) + values
-        for kind, n in other.failures.items():
-            self.failures[kind] = self.failures.get(kind, 0) + n
-        self.tokens += other.tokens
-        self.seconds += other.seconds
-        self.version = min(self.version, other.version)
-
-    def groups(self, size: int) -> list[list[int]]:
-        return [list(range(i, i + size)) for i in range(0, len(self.samples), size)]
-
-    def select(self, group_indices: list[list[int]]) -> Rollout:
-        """A rollout of the given sample groups, each group's prompt kept once."""
-        out = Rollout(
-            failures=dict(self.failures),
-            tokens=self.tokens,
-            seconds=self.seconds,
-            version=self.version,
-        )
-        for group in group_indices:
-            prompt = self.samples[group[0]]["prompt_index"]
-            out.prompt_ids.append(self.prompt_ids[prompt])
-            out.rows.append(self.rows[prompt])
-            for i in group:
-                out.samples.append(dict(self.samples[i], prompt_index=len(out.prompt_ids) - 1))
-                out.scores.append(self.scores[i])
-                for name, values in self.components.items():
-                    out.components.setdefault(name, []).append(values[i])
-        return out
 
 
 class RLStage:
