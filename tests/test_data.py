@@ -156,8 +156,8 @@ def test_missing_local_file_raises_data_error(tmp_path, monkeypatch, name):
 def test_failed_hub_load_is_a_one_line_data_error(monkeypatch):
     datasets = pytest.importorskip("datasets")
 
-    def offline(name, split):
-        raise ConnectionError(f"cannot reach the hub\nfor {name}")
+    def offline(path, name=None, split=None):
+        raise ConnectionError(f"cannot reach the hub\nfor {path}")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
 
@@ -180,6 +180,49 @@ def test_local_directory_loads_with_datasets_offline(tmp_path, monkeypatch):
     assert load_records(str(folder), max_rows=1) == [{"text": "a"}]
     with pytest.raises(DataError, match="split 'test'"):
         load_records(str(folder), split="test")
+
+
+def _folder_with_subsets(folder):
+    """A local dataset folder with two configurations, as hub data sets declare them."""
+    card = ["---", "configs:"]
+    for subset in ("main", "socratic"):
+        card += [f"- config_name: {subset}", "  data_files:"]
+        (folder / subset).mkdir(parents=True)
+        for split in ("train", "test"):
+            _write_jsonl(folder / subset / f"{split}.jsonl", [{"text": f"{subset}-{split}"}])
+            card += [f"  - split: {split}", f"    path: {subset}/{split}.jsonl"]
+    (folder / "README.md").write_text("\n".join([*card, "---", ""]))
+    return folder
+
+
+def test_a_subset_names_the_configuration_of_a_dataset_folder(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = str(_folder_with_subsets(tmp_path / "folder"))
+
+    assert load_records(folder, split="test", subset="main") == [{"text": "main-test"}]
+    assert load_records(folder, subset="socratic") == [{"text": "socratic-train"}]
+    with pytest.raises(DataError, match="name one with the data's `subset` key"):
+        load_records(folder)
+    with pytest.raises(DataError, match="subset 'nope'.*'main', 'socratic'"):
+        load_records(folder, subset="nope")
+    with pytest.raises(ConfigError, match="only a data set folder or a hub data set has subsets"):
+        load_records(str(tmp_path / "folder" / "main" / "train.jsonl"), subset="main")
+
+
+def test_held_out_data_of_the_same_dataset_reads_the_same_subset(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = _folder_with_subsets(tmp_path / "folder")
+    data = ["stages=[pretrain]", f"pretrain.data.train={folder}", "pretrain.data.format=text"]
+    data += [f"pretrain.data.eval={folder}", "pretrain.data.subset=socratic"]
+
+    train, held = _stage_data(tmp_path, *data).load_data("pretrain")
+    _, other = _stage_data(tmp_path, *data, "pretrain.data.eval_subset=main").load_data("pretrain")
+
+    assert (train, held, other) == (["socratic-train"], ["socratic-test"], ["main-test"])
 
 
 # --- formats -----------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ class DataConfig:
     # gsm8k_calc | hh_rlhf (see rlstack.data.formats)
     split: str = "train"  # split name for hub data sets
     eval_split: str = "test"  # split name of `eval` for hub data sets
+    subset: str | None = None  # configuration of a hub or folder data set (the `name` of
+    # datasets.load_dataset), e.g. "main" for openai/gsm8k; None: the data set's default
+    eval_subset: str | None = None  # configuration of `eval`; None: `subset` when `eval` names
+    # the same data set as `train`, else the default
     eval_fraction: float = 0.05  # share of `train` held out when `eval` is None
     max_rows: int | None = None  # read at most this many raw records (None: all)
     max_eval_rows: int | None = 256  # held-out rows used for evaluation

@@ -280,6 +280,7 @@ def load_rows(
     *,
     split: str = "train",
     max_rows: int | None = None,
+    subset: str | None = None,
     **options: object,
 ) -> list:
     """Load `source` with `load_records` and convert it with the converter named `format`.
@@ -288,6 +289,7 @@ def load_rows(
         source: see `load_records`.
         format: a key of `FORMATS`.
         split: the split of a directory or hub dataset.
+        subset: the configuration of a directory or hub dataset (see `load_records`).
         max_rows: read at most this many records (before conversion; a GSM8K record gives
             several gsm8k_calc rows).
         options: the converter's keyword options, e.g. `prompt_field="question"`.
@@ -311,7 +313,7 @@ def load_rows(
             f"(options: {', '.join(allowed) or 'none'})"
         )
 
-    records = load_records(source, split=split, max_rows=max_rows)
+    records = load_records(source, split=split, max_rows=max_rows, subset=subset)
     rows = convert(records, source, **options)
     if not rows:
         raise DataError(

@@ -2,7 +2,7 @@
 
     load_records("../shared/data/gsm8k/train.jsonl")        # one dict per JSON line
     load_records("synthetic:arithmetic")                    # built in memory, no files
-    load_records("openai/gsm8k", split="test")              # datasets.load_dataset (network)
+    load_records("openai/gsm8k", split="test", subset="main")  # datasets.load_dataset (network)
 
 A record is a plain dict as stored in the source; `formats.py` turns records into the rows the
 stages use. Every problem with the source itself (missing file, malformed line, failed download)
@@ -35,7 +35,9 @@ ANY_SLICE = re.compile(r".+\[[^\[\]]*:[^\[\]]*\]")  # what a user may have meant
 FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".txt", ".csv", ".parquet")
 
 
-def load_records(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict]:
+def load_records(
+    source: str, *, split: str = "train", max_rows: int | None = None, subset: str | None = None
+) -> list[dict]:
     """Load the records of a data source as a list of dicts.
 
     Args:
@@ -48,6 +50,9 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
               `datasets.load_dataset(name, split=split)` (needs a network or a warm cache).
         split: the split to read from a directory or hub dataset; ignored for files.
         max_rows: keep at most this many records (the first ones); None keeps all.
+        subset: the configuration of a directory or hub dataset (`name` of
+            `datasets.load_dataset`, e.g. "main" for openai/gsm8k); None: its default. A file
+            or synthetic source has none.
 
     A source may end in a row slice, `path/to/file.jsonl[:2000]` or `name[2000:]` (Python
     slice syntax, non-negative bounds), to give stages disjoint parts of one data set.
@@ -57,7 +62,7 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
 
     Raises:
         DataError: the file is missing or unreadable, a row is malformed, or the hub load failed.
-        ConfigError: max_rows is negative.
+        ConfigError: max_rows is negative, or a subset is given for a file or synthetic data.
     """
     if max_rows is not None and max_rows < 0:
         raise ConfigError(f"{source}: max_rows must be >= 0, got {max_rows}")
@@ -75,23 +80,29 @@ def load_records(source: str, *, split: str = "train", max_rows: int | None = No
             raise ConfigError(f"{source}: empty row slice [{start}:{stop}]")
         if max_rows is not None:
             stop = start + max_rows if stop is None else min(stop, start + max_rows)
-        records = load_records(sliced["source"], split=split, max_rows=stop)[start:stop]
+        records = load_records(sliced["source"], split=split, max_rows=stop, subset=subset)
+        records = records[start:stop]
         logger.info("kept records %d-%d of %s", start, start + len(records), sliced["source"])
         return records
 
+    path = Path(source).expanduser()
+    if subset is not None and (source.startswith(SYNTHETIC_PREFIX) or path.is_file()):
+        raise ConfigError(
+            f"{source}: subset {subset!r} is given, but only a data set folder or a hub data set "
+            "has subsets (configurations); remove it for a file"
+        )
     if source.startswith(SYNTHETIC_PREFIX):
         records = synthetic_records(source[len(SYNTHETIC_PREFIX) :])
         records = records if max_rows is None else records[:max_rows]
     else:
-        path = Path(source).expanduser()
         if path.is_dir():
-            records = _load_with_datasets(str(path), source, split, max_rows)
+            records = _load_with_datasets(str(path), source, split, max_rows, subset)
         elif path.exists():
             records = _load_file(path, source, max_rows)
         elif _looks_local(source):
             raise DataError(f"data file not found: {source}")
         else:
-            records = _load_with_datasets(source, source, split, max_rows)
+            records = _load_with_datasets(source, source, split, max_rows, subset)
 
     logger.info("loaded %d records from %s", len(records), source)
     return records
@@ -222,14 +233,20 @@ def _read_parquet(path: Path, where: str, max_rows: int | None) -> list[dict]:
     return table.to_pylist()
 
 
-def _load_with_datasets(name: str, where: str, split: str, max_rows: int | None) -> list[dict]:
+def _load_with_datasets(
+    name: str, where: str, split: str, max_rows: int | None, subset: str | None
+) -> list[dict]:
     """Load a local dataset folder or a hub dataset with `datasets.load_dataset`."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        dataset = datasets.load_dataset(name, name=subset, split=split)
     except Exception as e:  # network, authentication and format errors all land here
-        raise DataError(f"cannot load dataset {where!r} (split {split!r}): {one_line(e)}") from e
+        what = f"split {split!r}" + (f", subset {subset!r}" if subset is not None else "")
+        hint = ""
+        if subset is None and "config name is missing" in str(e).lower():
+            hint = "; name one with the data's `subset` key (`eval_subset` for `eval`)"
+        raise DataError(f"cannot load dataset {where!r} ({what}): {one_line(e)}{hint}") from e
 
     if max_rows is not None:
         dataset = dataset.select(range(min(max_rows, len(dataset))))

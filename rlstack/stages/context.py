@@ -160,11 +160,17 @@ class StageContext:
                 data.format,
                 split=data.split,
                 max_rows=data.max_rows,
+                subset=data.subset,
                 **opts,
             )
             if data.eval is not None:
                 train = rows
-                held_out = load_rows(data.eval, data.format, split=data.eval_split, **opts)
+                subset = data.eval_subset
+                if subset is None and data.eval == data.train:
+                    subset = data.subset
+                held_out = load_rows(
+                    data.eval, data.format, split=data.eval_split, subset=subset, **opts
+                )
                 if data.drop_seen_prompts:
                     seen = list(train)
                     for earlier in self.cfg.stages[: self.cfg.stages.index(stage)]:
