@@ -7,6 +7,10 @@ nonzero status, without a traceback; anything else is a bug and keeps its traceb
 
 from __future__ import annotations
 
+import re
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes in quoted messages
+
 
 class RLStackError(Exception):
     """An error the user can fix; its message names the place (file, line, key)."""
@@ -25,8 +29,9 @@ class PluginError(RLStackError):
 
 
 def one_line(error: BaseException) -> str:
-    """An exception as `Type: message` on a single line (for messages that quote a library's)."""
-    message = " ".join(str(error).split())
+    """An exception as `Type: message` on a single line (for messages that quote a library's),
+    without terminal colour codes (Ray colours the actor names in its errors)."""
+    message = " ".join(ANSI_CODE.sub("", str(error)).split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "response", "reference")
 EXAMPLE_CHARS = 60
+CPUS_PER_WORKER = 0.1  # Ray logical CPUs per verifier actor, as in training's default
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,8 +176,20 @@ def score_rows(rows: list[dict], entry: Any, failure_score: float, workers: int,
     env_vars = init_ray(None, None, loopback=True)
     scorer = None
     try:
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        if workers * CPUS_PER_WORKER > cpus + 1e-9:
+            raise ConfigError(
+                f"verify: --workers {workers} asks for {workers * CPUS_PER_WORKER:g} CPUs "
+                f"({CPUS_PER_WORKER:g} each) but the local Ray has {cpus:g}; use --workers "
+                f"{int(cpus / CPUS_PER_WORKER + 1e-9)} or fewer"
+            )
         scorer = VerifierScorer(
-            [entry], failure_score, num_workers=workers, timeout_s=timeout, env_vars=env_vars
+            [entry],
+            failure_score,
+            num_workers=workers,
+            cpus_per_worker=CPUS_PER_WORKER,
+            timeout_s=timeout,
+            env_vars=env_vars,
         ).start()
         return scorer.score(items)
     finally:

@@ -295,3 +295,32 @@ def test_checkpoint_whose_parts_do_not_load_or_match_is_named_before_ray_starts(
         result = rlstack("run", "stages=[sft]", f"model.init={path}", cwd=tmp_path)
         assert_one_clear_error(result, "model.init", fragment)
     assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def test_too_little_pretraining_text_and_a_missing_base_model_fail_before_anything_starts(
+    tmp_path,
+):
+    short = tmp_path / "short.txt"
+    short.write_text("x" * 100)
+    result = rlstack("run", "stages=[pretrain]", f"pretrain.data.train={short}", cwd=tmp_path)
+    assert_one_clear_error(result, "pretrain.data", "training tokens", "pretrain.seq_len=128")
+    result = rlstack("run", "stages=[reward_model,grpo]", cwd=tmp_path)
+    assert_one_clear_error(result, "reward_model: needs a base model", "model.init")
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.hidden_size=130", "num_heads (4) must divide hidden_size (130)"),
+        ("model.num_kv_heads=3", "num_kv_heads (3) must divide num_heads (4)"),
+    ],
+)
+def test_model_shapes_that_do_not_divide_are_named_with_their_values(override, fragment, tmp_path):
+    assert_one_clear_error(rlstack("run", override, cwd=tmp_path), fragment)
+
+
+def test_a_verifier_pool_larger_than_the_local_ray_is_refused_before_it_starts(tmp_path):
+    result = rlstack("run", "stages=[sft,grpo]", "grpo.verifier_workers=100000", cwd=tmp_path)
+    assert_one_clear_error(result, "grpo.verifier_workers: 100000 workers", "lower either")
+    assert not (tmp_path / "runs").exists()

@@ -250,6 +250,15 @@ def test_field_options_rename_columns(tmp_path):
     assert rows == [{"prompt": "2+2", "response": "4"}]
 
 
+def test_a_numeric_reference_is_read_as_its_text_as_verify_reads_it():
+    rows = prompt_reference(
+        [{"prompt": "6*7", "reference": 42}, {"prompt": "1/2", "reference": 0.5}], "n"
+    )
+    assert [r["reference"] for r in rows] == ["42", "0.5"]
+    with pytest.raises(DataError, match="n: row 1: field 'reference' is bool"):
+        prompt_reference([{"prompt": "p", "reference": True}], "n")
+
+
 def test_prompt_reference_keeps_other_columns_as_extras():
     records = [{"question": "1+2", "reference": "3", "level": 1, "prompt": "stale"}]
 

@@ -53,6 +53,7 @@ def test_results_are_read_as_number_or_number_and_details():
     assert read_result(float("nan")).failure == "nan"
     assert read_result(math.inf).failure == "nan"
     assert read_result("yes").failure == "not_a_number"
+    assert read_result("1.0").failure == "not_a_number"  # a number's text is not a score
     assert read_result(None).failure == "not_a_number"
     assert read_result((None, {"x": 1})).details == {"x": 1}
 

@@ -34,6 +34,8 @@ PLUGIN = textwrap.dedent(
             re.match(r"(a+)+$", "a" * 64 + "b")
         if response == "die":
             os._exit(3)
+        if response == "interrupt":
+            raise KeyboardInterrupt  # Ray reports it as a cancelled task, in colour
         if response == "raise":
             raise ValueError("boom")
         if response == "nan":
@@ -125,10 +127,13 @@ def test_hung_call_times_out_and_its_worker_is_killed_and_replaced(make_pool, pl
 
 def test_raising_nan_non_numbers_and_dead_workers_are_counted_by_kind(make_pool, plugin):
     pool = make_pool(f"{plugin}:trouble", num_workers=2, timeout_s=5.0)
-    result = pool.score(items(["raise", "7", "nan", "text", "die", "8"]))
-    assert result.scores == [-1.0, 1.0, -1.0, -1.0, -1.0, 0.0]
-    assert result.failures == {"raised": 1, "nan": 1, "not_a_number": 1, "crashed": 1}
+    result = pool.score(items(["raise", "7", "nan", "text", "die", "8", "interrupt"]))
+    assert result.scores == [-1.0, 1.0, -1.0, -1.0, -1.0, 0.0, -1.0]
+    assert result.failures == {"raised": 1, "nan": 1, "not_a_number": 1, "crashed": 2}
     assert result.outcomes["trouble"][0].message == "ValueError: boom"
+    interrupted = result.outcomes["trouble"][6]
+    assert interrupted.failure == "crashed" and "ray::VerifierWorker" in interrupted.message
+    assert "\x1b" not in interrupted.message  # without Ray's terminal colours
     assert all(math.isfinite(s) for s in result.scores)
 
 

@@ -140,3 +140,8 @@ def test_unknown_verifier_and_missing_arguments_are_one_line(work):
     assert_one_clear_error(verify("numerc", "data.jsonl", cwd=work), "numerc")
     assert_one_clear_error(verify("numeric", cwd=work), "needs VERIFIER and DATA.jsonl")
     assert_one_clear_error(verify("numeric", "absent.jsonl", cwd=work), "absent.jsonl")
+
+
+def test_more_workers_than_the_cpus_hold_is_refused_at_once(work):
+    result = verify("numeric", "data.jsonl", "--workers", "100000", cwd=work)
+    assert_one_clear_error(result, "--workers 100000 asks for 10000 CPUs", "or fewer")

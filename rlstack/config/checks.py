@@ -161,8 +161,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.max_seq_len: must be at least 16, got {cfg.model.max_seq_len}")
     _check_resources(cfg)
     m = cfg.model
-    if m.num_heads % m.num_kv_heads or m.hidden_size % m.num_heads:
-        raise ConfigError("model: num_kv_heads must divide num_heads, num_heads hidden_size")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(
+            f"model: num_kv_heads ({m.num_kv_heads}) must divide num_heads ({m.num_heads})"
+        )
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(
+            f"model: num_heads ({m.num_heads}) must divide hidden_size ({m.hidden_size})"
+        )
     if m.init == "random" and m.hidden_size // m.num_heads not in VLLM_CPU_HEAD_SIZES:
         raise ConfigError(
             f"model: head size hidden_size/num_heads = {m.hidden_size // m.num_heads} is not one "

@@ -40,12 +40,15 @@ ASSISTANT_TURN = "\n\nAssistant:"
 HUMAN_TURN = "\n\nHuman:"
 
 
-def _field(record: dict, name: str, where: str, row: int) -> str:
-    """The string value of `record[name]`; DataError naming `where` and `row` otherwise."""
+def _field(record: dict, name: str, where: str, row: int, numbers: bool = False) -> str:
+    """The string value of `record[name]` (with `numbers`, a JSON number is taken as its text);
+    DataError naming `where` and `row` otherwise."""
     if name not in record:
         fields = ", ".join(sorted(map(str, record))) or "none"
         raise DataError(f"{where}: row {row}: missing field {name!r} (fields: {fields})")
     value = record[name]
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # as `rlstack verify` reads it
     if not isinstance(value, str):
         kind = type(value).__name__
         raise DataError(f"{where}: row {row}: field {name!r} is {kind}, expected a string")
@@ -104,11 +107,12 @@ def prompt_reference(
 
     The extras are the record's other columns, unchanged, so that a verifier can read them. A
     column that is itself called "prompt" or "reference" but is not the chosen field is dropped.
+    A numeric reference (`"reference": 42`) is taken as its text, "42".
     """
     rows = []
     for i, r in enumerate(records, start=1):
         prompt = _field(r, prompt_field, where, i)
-        reference = _field(r, reference_field, where, i)
+        reference = _field(r, reference_field, where, i, numbers=True)
         used = {prompt_field, reference_field, "prompt", "reference"}
         extras = {k: v for k, v in r.items() if k not in used}
         rows.append({"prompt": prompt, "reference": reference, **extras})

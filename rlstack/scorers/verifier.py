@@ -31,7 +31,7 @@ from typing import Any
 
 import ray
 
-from rlstack.errors import PluginError, RLStackError, user_error
+from rlstack.errors import ANSI_CODE, PluginError, RLStackError, user_error
 from rlstack.scorers.verifier_worker import Item, VerifierWorker, call_mode, column_names
 from rlstack.verifiers import check_options, load_verifier
 from rlstack.verifiers.api import Outcome, failed
@@ -258,7 +258,7 @@ class VerifierScorer:
             try:
                 position, outcome = ray.get(ref)
             except Exception as exc:  # the worker died (or broke) during the call
-                first = str(exc).strip().split(".")[0]
+                first = ANSI_CODE.sub("", str(exc)).strip().split(".")[0]
                 message = f"worker died ({type(exc).__name__}: {first[:200]})"
                 return recorded + self._lose(slot, "crashed", message, outcomes, queue)
             outcomes[task.verifier][task.indices[position]] = outcome

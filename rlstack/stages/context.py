@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,10 +228,39 @@ class StageContext:
                     )
         for stage in self.cfg.stages:
             self.load_data(stage)
+            if stage == "pretrain":
+                from rlstack.stages.pretrain import streams
+
+                if self.policy_path is None and self.cfg.model.init != "random":
+                    self.policy_path = self.cfg.model.init  # its tokenizer counts the tokens
+                streams(self)  # enough text for one training window
             section = getattr(self.cfg, stage)
             if getattr(section, "reward_source", None) == "verifier":
                 for entry in parse_verifier_entries(section.verifier, f"{stage}.verifier"):
                     check_options(load_verifier(entry.spec), entry.args, entry.spec)
+                self._check_verifier_cpus(stage, section)
+        if self.cfg.model.init == "random":
+            for stage in self.cfg.stages:
+                if stage in ("pretrain", "sft"):  # these can start from random weights
+                    break
+                raise ConfigError(
+                    f"{stage}: needs a base model, but it comes before any pretrain or sft stage "
+                    "and model.init is random; add one of those stages before it or set "
+                    "model.init to a checkpoint"
+                )
+
+    def _check_verifier_cpus(self, stage: str, section: Any) -> None:
+        """A verifier pool larger than a local Ray's CPUs would wait for ray.start_timeout_s."""
+        if self.cfg.ray.address is not None:
+            return  # a cluster's size is known only once connected (and may grow)
+        cpus = self.cfg.ray.num_cpus or os.cpu_count() or 1
+        need = section.verifier_workers * section.verifier_cpus_per_worker
+        if need > cpus + 1e-9:
+            raise ConfigError(
+                f"{stage}.verifier_workers: {section.verifier_workers} workers x "
+                f"{section.verifier_cpus_per_worker:g} CPUs ({stage}.verifier_cpus_per_worker) "
+                f"= {need:g} CPUs, more than the local Ray's {cpus:g}; lower either"
+            )
 
     def learner(
         self,

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from rlstack.errors import DataError
 from rlstack.stages.batches import (
     random_windows,
     sequential_windows,
@@ -37,13 +38,29 @@ def _corpus(ctx: StageContext) -> tuple[list[str], list[str]]:
     return texts, held
 
 
+def streams(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and held-out token streams; a DataError when either is too short to use."""
+    texts, held = _corpus(ctx)
+    tokenizer = ctx.tokenizer()
+    train_stream, val_stream = token_stream(tokenizer, texts), token_stream(tokenizer, held)
+    seq_len, source = ctx.cfg.pretrain.seq_len, ctx.cfg.pretrain.data.train
+    if len(train_stream) <= seq_len:
+        raise DataError(
+            f"pretrain.data: {source} gives {len(train_stream)} training tokens, too few for one "
+            f"window of pretrain.seq_len={seq_len} (+1); give more text or a smaller seq_len"
+        )
+    if len(val_stream) < 2:
+        raise DataError(
+            f"pretrain.data: {source} leaves {len(val_stream)} held-out tokens; give more text, "
+            "a larger eval_fraction, or a separate eval source"
+        )
+    return train_stream, val_stream
+
+
 def run(ctx: StageContext) -> str:
     c = ctx.cfg.pretrain
-    texts, held = _corpus(ctx)
+    train_stream, val_stream = streams(ctx)
     learner = ctx.learner(STAGE, "causal_lm", ctx.policy_path, c.optim, c.steps, c.batch_size)
-    tokenizer = ctx.tokenizer()
-    train_stream = token_stream(tokenizer, texts)
-    val_stream = token_stream(tokenizer, held)
     baseline = unigram_entropy(val_stream)
     logger.info(
         "pretrain: %d train / %d held-out tokens; held-out unigram entropy %.3f nats",

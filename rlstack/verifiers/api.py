@@ -90,6 +90,8 @@ def read_result(result: Any) -> Outcome:
         result, details = result
     if isinstance(result, bool):
         result = float(result)
+    if isinstance(result, (str, bytes)):  # float() would read "1.0"; a score is a number
+        return Outcome(None, "not_a_number", details, f"returned {_short(result)}")
     try:
         value = float(result)
     except (TypeError, ValueError, OverflowError):
