@@ -132,7 +132,8 @@ class StageContext:
     policy_path: str | None = None  # latest causal-LM checkpoint (None: build from scratch)
     reward_model_path: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
-    data_cache: dict[str, tuple[list, list]] = field(default_factory=dict)
+    data_cache: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # stage -> (train,
+    # held-out) rows, and data derived from them (pretraining's token streams)
     resume: bool = False  # restore the stage in progress from its newest state (rlstack.driver)
     step: int = 0  # the step the running stage is at (0: starting), for error messages
 

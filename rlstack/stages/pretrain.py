@@ -39,7 +39,11 @@ def _corpus(ctx: StageContext) -> tuple[list[str], list[str]]:
 
 
 def streams(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and held-out token streams; a DataError when either is too short to use."""
+    """Training and held-out token streams (tokenized once: the preflight's check and the stage
+    share them); a DataError when either is too short to use."""
+    key = f"{STAGE}/streams@{ctx.policy_path}"  # the tokenizer is the policy's
+    if key in ctx.data_cache:
+        return ctx.data_cache[key]
     texts, held = _corpus(ctx)
     tokenizer = ctx.tokenizer()
     train_stream, val_stream = token_stream(tokenizer, texts), token_stream(tokenizer, held)
@@ -54,6 +58,7 @@ def streams(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor]:
             f"pretrain.data: {source} leaves {len(val_stream)} held-out tokens; give more text, "
             "a larger eval_fraction, or a separate eval source"
         )
+    ctx.data_cache[key] = (train_stream, val_stream)
     return train_stream, val_stream
 
 
