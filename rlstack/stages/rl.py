@@ -25,6 +25,7 @@ from rlstack.algorithms.estimators import AdvantageSpec, estimate_advantages
 from rlstack.config import RLConfig
 from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
+from rlstack.rollout.engine import CPU_KV_BLOCK
 from rlstack.rollout.group import RolloutGroup
 from rlstack.scorers.reward_http import RemoteRewardModel
 from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
@@ -46,7 +47,7 @@ class RLStage:
         self.max_prompt = ctx.cfg.model.max_seq_len - c.sampling.max_tokens
         self.sampler = PromptSampler(len(self.train_rows), ctx.cfg.seed)
         self._next_prompts: list[int] | None = None  # the prompts of a saved next rollout
-        self.roles = start_roles(ctx, stage, c)
+        self.roles = start_roles(ctx, stage, c, self._longest_prompt())
         self.sampling = vars(c.sampling).copy()
         self.adv_spec = AdvantageSpec(
             name=c.advantage,
@@ -76,6 +77,20 @@ class RLStage:
             "kl_in_reward": c.kl_in_reward,
             "value_clip": c.value_clip,
         }
+
+    def _longest_prompt(self) -> int | None:
+        """The longest prompt in tokens, as far as the engines' prefix-caching choice needs it:
+        None when that choice does not depend on it, the first length reaching one CPU KV block
+        otherwise (no need to read further)."""
+        rollout = self.ctx.cfg.rollout
+        if rollout.prefix_caching is not None or rollout.gpus_per_engine > 0:
+            return None
+        longest = 0
+        for row in self.train_rows + self.held_rows:
+            longest = max(longest, len(prompt_ids(self.tokenizer, row["prompt"], self.max_prompt)))
+            if longest >= CPU_KV_BLOCK:
+                break
+        return longest
 
     # -------------------------------------------------------------- rollout
     def _start_rollout(
@@ -338,13 +353,22 @@ class RLStage:
             rollout_group.update_weights(self.roles.policy.weights_blob_ref())
             pending = self._start_rollout(start + 1, self._next_prompts)
         sync_refs: list = []
+        # With max_staleness 1 the next step's rollout overlaps this step's update. It is queued
+        # on the engines before this step's rollout is collected and scored, behind the weights
+        # of the previous update, so the engines never wait for the scoring. (Dynamic sampling
+        # queues it after scoring instead, so that refills are not queued behind it.)
+        overlap = c.max_staleness >= 1
+        queue_early = overlap and not c.dynamic_sampling
         for step in range(start + 1, c.steps + 1):
             self.ctx.step = step
             t0 = time.time()
-            rollout = self._finish_rollout(pending)
+            current = pending
+            if queue_early and step < c.steps:
+                pending = self._start_rollout(step + 1)
+            rollout = self._finish_rollout(current)
             t_rollout = time.time() - t0
-            if c.max_staleness >= 1 and step < c.steps:
-                pending = self._start_rollout(step + 1)  # overlaps with this step's update
+            if overlap and not queue_early and step < c.steps:
+                pending = self._start_rollout(step + 1)
             stats: dict[str, Any] = {}
             if c.dynamic_sampling:
                 rollout, refill = self._refill(rollout, step)

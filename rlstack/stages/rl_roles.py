@@ -46,8 +46,9 @@ class RLRoles:
                 part.shutdown()
 
 
-def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
-    """Start every role at once (actors load in parallel), then wait for all of them."""
+def start_roles(ctx: StageContext, stage: str, c: RLConfig, longest_prompt: int | None) -> RLRoles:
+    """Start every role at once (actors load in parallel), then wait for all of them.
+    `longest_prompt` (tokens) is what the rollout engines' prefix-caching choice depends on."""
     if ctx.policy_path is None:
         raise ConfigError(
             f"{stage}: needs a policy checkpoint; run pretrain/sft first or set "
@@ -88,6 +89,7 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig) -> RLRoles:
         ctx.cfg.model.max_seq_len,
         ctx.cfg.seed,
         env_vars=ctx.env_vars,
+        longest_prompt=longest_prompt,
     )
     roles = RLRoles(
         policy=ctx.learner(
