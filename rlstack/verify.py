@@ -101,16 +101,24 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
-    """`key=value` strings as keyword options, each value read as YAML."""
-    options = {}
+    """`key=value` strings as keyword options, each value read as YAML; a key given twice is a
+    ConfigError (which value was meant is unknown)."""
+    options: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"verify: --arg {item!r}: expected key=value")
+        if key in given:
+            raise ConfigError(
+                f"verify: --arg {key} is given twice ({given[key]!r} and {value!r}); give it once"
+            )
+        given[key] = value
         try:
-            options[key.strip()] = yaml.safe_load(value) if value else ""
+            options[key] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
-            options[key.strip()] = value
+            options[key] = value
     return options
 
 

@@ -228,11 +228,22 @@ def test_held_out_data_of_the_same_dataset_reads_the_same_subset(tmp_path, monke
 # --- formats -----------------------------------------------------------------------------------
 
 
-def test_missing_field_names_the_source_and_row(tmp_path):
-    path = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
+def test_row_errors_of_a_file_with_lines_name_the_line_not_the_row_count(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n  \n{"prompt": "c"}\n', encoding="utf-8")
+    csv_path = tmp_path / "sft.csv"
+    csv_path.write_text('prompt,reply\n"a\nb",c\n', encoding="utf-8")
+    array = tmp_path / "sft.json"
+    array.write_text(json.dumps([{"prompt": "a", "response": "b"}, {"prompt": "c"}]))
 
-    with pytest.raises(DataError, match=r"sft\.jsonl: row 2: missing field 'response'"):
-        load_rows(path, "prompt_response")
+    with pytest.raises(DataError, match=r"sft\.jsonl:4: missing field 'response'"):
+        load_rows(str(path), "prompt_response")
+    with pytest.raises(DataError, match=r"sft\.jsonl:4: missing field 'response'"):
+        load_rows(f"{path}[1:]", "prompt_response")  # a slice keeps the file's line numbers
+    with pytest.raises(DataError, match=r"sft\.csv:2: missing field 'response'"):
+        load_rows(str(csv_path), "prompt_response")
+    with pytest.raises(DataError, match=r"sft\.json: row 2: missing field 'response'"):
+        load_rows(str(array), "prompt_response")  # a JSON array has rows, not lines
 
 
 def test_non_string_field_is_rejected_with_its_row():
@@ -475,6 +486,44 @@ def test_stage_given_rows_without_the_fields_it_reads_names_stage_and_format(tmp
     ctx = _stage_data(tmp_path, "grpo.data.train=synthetic:preferences", "grpo.data.format=pairs")
     with pytest.raises(ConfigError, match=r"grpo needs \{prompt, reference\}"):
         ctx.load_data("grpo")
+
+
+def test_data_errors_of_a_stage_name_the_key_of_its_data(tmp_path):
+    good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": "a", "response": "b"}] * 4)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "c"}\n', encoding="utf-8")
+
+    ctx = _stage_data(tmp_path, f"sft.data.train={bad}")
+    with pytest.raises(DataError, match=r"^sft\.data\.train: .*bad\.jsonl:3: missing field"):
+        ctx.load_data("sft")
+    ctx = _stage_data(tmp_path, f"sft.data.train={good}", f"sft.data.eval={bad}")
+    with pytest.raises(DataError, match=r"^sft\.data\.eval: .*bad\.jsonl:3: missing field"):
+        ctx.load_data("sft")
+    ctx = _stage_data(tmp_path, f"grpo.data.train={tmp_path / 'absent.jsonl'}")
+    with pytest.raises(DataError, match=r"^grpo\.data\.train: data file not found"):
+        ctx.load_data("grpo")
+
+
+def test_characters_outside_the_vocabulary_are_reported_once_per_data_set(tmp_path, caplog):
+    rows = [{"prompt": f"{i}+1", "response": "2"} for i in range(50)]
+    rows[3] = {"prompt": "\u4f60\u597d 1+1", "response": "2 \U0001f600"}
+    rows[7] = {"prompt": "caf\u00e9 \u201cq\u201d", "response": "\u4f60"}  # only \u4f60 is unknown
+    path = _write_jsonl(tmp_path / "chars.jsonl", rows)
+    ctx = _stage_data(tmp_path, "stages=[sft]", f"sft.data.train={path}")
+
+    with caplog.at_level("WARNING"):
+        ctx.preflight()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "sft.data.train" in warnings[0] and "chars.jsonl" in warnings[0]
+    assert "2 of 50 rows" in warnings[0] and "4 characters" in warnings[0]
+    assert "'\u4f60' (U+4F60" in warnings[0] and "<unk>" in warnings[0]
+
+    caplog.clear()
+    clean = _write_jsonl(tmp_path / "clean.jsonl", [rows[7] | {"response": "x"}] * 3)
+    with caplog.at_level("WARNING"):
+        _stage_data(tmp_path, "stages=[sft]", f"sft.data.train={clean}").preflight()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_sft_learns_the_chosen_reply_of_preference_rows(tmp_path):

@@ -115,6 +115,46 @@ def test_unknown_name_lists_built_ins_and_entry_points(tmp_path, monkeypatch):
     assert "numeric" in str(err.value) and "shout" in str(err.value)
 
 
+@pytest.mark.parametrize(("name", "meant"), [("numerc", "numeric"), ("gsm8 k", "gsm8k")])
+def test_misspelt_built_in_name_suggests_the_closest_one(name, meant):
+    with pytest.raises(PluginError, match=f"did you mean '{meant}'"):
+        load_verifier(name)
+
+
+def test_misspelt_verifier_in_the_config_is_named_with_its_key(tmp_path):
+    ctx_cfg = load_config(None, ["stages=[grpo]", "grpo.verifier=numerc"])
+    from rlstack.stages.context import StageContext
+
+    with pytest.raises(PluginError, match=r"^grpo\.verifier: .*did you mean 'numeric'"):
+        StageContext(ctx_cfg, tmp_path, None, {}).preflight()
+    ctx_cfg = load_config(None, ["stages=[grpo]", "grpo.verifier=[numeric, {name: exact_mach}]"])
+    with pytest.raises(PluginError, match=r"^grpo\.verifier\[1\]: .*'exact_match'"):
+        StageContext(ctx_cfg, tmp_path, None, {}).preflight()
+
+
+def test_option_a_plug_in_does_not_take_is_named_with_the_ones_it_takes():
+    def concise(prompt, response, reference, max_chars, **extras):
+        return 1.0
+
+    def strict(prompt, response, reference, *, max_chars, lower=False):
+        return 1.0
+
+    def lenient(prompt, response, reference, max_chars=200, **extras):  # max_char: in extras
+        return 1.0
+
+    for fn in (concise, strict, lenient):
+        with pytest.raises(PluginError) as err:
+            check_options(fn, {"max_char": 5}, "f.py:fn")
+        message = str(err.value)
+        assert "no option max_char" in message and "did you mean 'max_chars'" in message
+        assert "options: max_chars" in message
+        assert "missing" not in message
+    check_options(concise, {"max_chars": 5, "anything": 1}, "f.py:fn")  # extras are allowed
+    check_options(lenient, {"topic": "add"}, "f.py:fn")
+    with pytest.raises(PluginError, match="missing a required argument: 'max_chars'"):
+        check_options(strict, {"lower": True}, "f.py:fn")
+
+
 def test_options_a_verifier_cannot_take_are_named():
     def strict(prompt, response, reference, *, pattern="x"):
         return 1.0

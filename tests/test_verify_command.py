@@ -104,6 +104,13 @@ def test_bound_option_reaches_the_verifier(work):
     assert_one_clear_error(bad, "--arg 'strip': expected key=value")
 
 
+def test_an_option_given_twice_is_refused_before_ray_starts(work):
+    args = ("--arg", "strip=false", "--arg", " strip=true")
+    result = verify("check.py:check", "data.jsonl", *args, cwd=work)
+    assert_one_clear_error(result, "--arg strip is given twice", "'false'", "'true'")
+    assert "Started a local Ray" not in result.stderr
+
+
 def test_list_names_built_ins_and_installed_entry_points(tmp_path):
     root = make_distribution(tmp_path / "dist")
     env = {"PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
@@ -137,7 +144,7 @@ def test_bad_data_file_is_one_line_naming_file_and_line(work, content, where):
 
 
 def test_unknown_verifier_and_missing_arguments_are_one_line(work):
-    assert_one_clear_error(verify("numerc", "data.jsonl", cwd=work), "numerc")
+    assert_one_clear_error(verify("numerc", "data.jsonl", cwd=work), "did you mean 'numeric'")
     assert_one_clear_error(verify("numeric", cwd=work), "needs VERIFIER and DATA.jsonl")
     assert_one_clear_error(verify("numeric", "absent.jsonl", cwd=work), "absent.jsonl")
 

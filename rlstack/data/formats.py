@@ -13,9 +13,10 @@
 | hh_rlhf | {"prompt", "chosen", "rejected"}, split at the last assistant turn |
 
 Every converter takes `(records, where, **options)`: `where` names the source in error messages,
-and a missing or non-string field raises `DataError` naming the source and the 1-based row (for a
-JSONL file without blank lines the row is the line number). Field-name options let a data set with
-other column names be read without editing it, e.g. `load_rows(path, "prompt_response",
+and a missing or non-string field raises `RowError` (a `DataError`) naming the source and the
+1-based row, `where: row 3: ...`; `load_rows` names the line instead when the source is a JSONL or
+CSV file, `path:7: ...` (blank lines make lines and rows differ). Field-name options let a data set
+with other column names be read without editing it, e.g. `load_rows(path, "prompt_response",
 prompt_field="question", response_field="answer")`.
 """
 
@@ -28,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-from rlstack.data.sources import load_records
+from rlstack.data.sources import load_records_with_lines
 from rlstack.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,26 @@ ASSISTANT_TURN = "\n\nAssistant:"
 HUMAN_TURN = "\n\nHuman:"
 
 
+class RowError(DataError):
+    """A record a converter cannot use: `where: row N: problem`, N counting records from 1."""
+
+    def __init__(self, where: str, row: int, problem: str) -> None:
+        super().__init__(f"{where}: row {row}: {problem}")
+        self.where, self.row, self.problem = where, row, problem
+
+
 def _field(record: dict, name: str, where: str, row: int, numbers: bool = False) -> str:
     """The string value of `record[name]` (with `numbers`, a JSON number is taken as its text);
-    DataError naming `where` and `row` otherwise."""
+    RowError naming `where` and `row` otherwise."""
     if name not in record:
         fields = ", ".join(sorted(map(str, record))) or "none"
-        raise DataError(f"{where}: row {row}: missing field {name!r} (fields: {fields})")
+        raise RowError(where, row, f"missing field {name!r} (fields: {fields})")
     value = record[name]
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # as `rlstack verify` reads it
     if not isinstance(value, str):
         kind = type(value).__name__
-        raise DataError(f"{where}: row {row}: field {name!r} is {kind}, expected a string")
+        raise RowError(where, row, f"field {name!r} is {kind}, expected a string")
     return value
 
 
@@ -300,7 +309,8 @@ def load_rows(
 
     Raises:
         ConfigError: the format is unknown or an option is not one of the format's options.
-        DataError: the source cannot be read, a row is malformed, or no usable row is left.
+        DataError: the source cannot be read, a row is malformed (named by its line in a JSONL
+            or CSV file, `path:7: ...`, else by its row), or no usable row is left.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown data format {format!r} (known: {', '.join(FORMATS)})")
@@ -317,8 +327,13 @@ def load_rows(
             f"(options: {', '.join(allowed) or 'none'})"
         )
 
-    records = load_records(source, split=split, max_rows=max_rows, subset=subset)
-    rows = convert(records, source, **options)
+    records, lines = load_records_with_lines(source, split=split, max_rows=max_rows, subset=subset)
+    try:
+        rows = convert(records, source, **options)
+    except RowError as err:
+        if lines is None:
+            raise
+        raise DataError(f"{lines.file}:{lines.numbers[err.row - 1]}: {err.problem}") from None
     if not rows:
         raise DataError(
             f"{source}: no usable rows for format {format!r} ({len(records)} records read)"

@@ -7,7 +7,8 @@
 A record is a plain dict as stored in the source; `formats.py` turns records into the rows the
 stages use. Every problem with the source itself (missing file, malformed line, failed download)
 raises `DataError` with the place in the message: `path:line` for text files, the source name
-otherwise.
+otherwise. `load_records_with_lines` also gives each record's line in a JSONL or CSV file, so that
+a problem found later in a record (a missing field) names its line too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from rlstack.data.synthetic import synthetic_records
 from rlstack.errors import ConfigError, DataError, one_line
@@ -33,6 +34,13 @@ ANY_SLICE = re.compile(r".+\[[^\[\]]*:[^\[\]]*\]")  # what a user may have meant
 
 # Longest suffix first, so that "x.jsonl.gz" is not taken for a ".gz" of unknown kind.
 FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".txt", ".csv", ".parquet")
+
+
+class Lines(NamedTuple):
+    """Where the records of a file with lines start: `numbers[i]` is record i's 1-based line."""
+
+    file: str  # the file as the source names it, without a row slice
+    numbers: list[int]
 
 
 def load_records(
@@ -64,6 +72,15 @@ def load_records(
         DataError: the file is missing or unreadable, a row is malformed, or the hub load failed.
         ConfigError: max_rows is negative, or a subset is given for a file or synthetic data.
     """
+    return load_records_with_lines(source, split=split, max_rows=max_rows, subset=subset)[0]
+
+
+def load_records_with_lines(
+    source: str, *, split: str = "train", max_rows: int | None = None, subset: str | None = None
+) -> tuple[list[dict], Lines | None]:
+    """`load_records`, with the line each record starts at in a JSONL or CSV file (blank lines
+    are skipped, so lines and record numbers differ); None for a source without lines (a JSON
+    array, parquet, a data set folder, the hub, synthetic data)."""
     if max_rows is not None and max_rows < 0:
         raise ConfigError(f"{source}: max_rows must be >= 0, got {max_rows}")
     looks_sliced = ANY_SLICE.fullmatch(source)
@@ -80,10 +97,12 @@ def load_records(
             raise ConfigError(f"{source}: empty row slice [{start}:{stop}]")
         if max_rows is not None:
             stop = start + max_rows if stop is None else min(stop, start + max_rows)
-        records = load_records(sliced["source"], split=split, max_rows=stop, subset=subset)
+        records, lines = load_records_with_lines(
+            sliced["source"], split=split, max_rows=stop, subset=subset
+        )
         records = records[start:stop]
         logger.info("kept records %d-%d of %s", start, start + len(records), sliced["source"])
-        return records
+        return records, None if lines is None else Lines(lines.file, lines.numbers[start:stop])
 
     path = Path(source).expanduser()
     if subset is not None and (source.startswith(SYNTHETIC_PREFIX) or path.is_file()):
@@ -91,6 +110,7 @@ def load_records(
             f"{source}: subset {subset!r} is given, but only a data set folder or a hub data set "
             "has subsets (configurations); remove it for a file"
         )
+    lines = None
     if source.startswith(SYNTHETIC_PREFIX):
         records = synthetic_records(source[len(SYNTHETIC_PREFIX) :])
         records = records if max_rows is None else records[:max_rows]
@@ -98,14 +118,15 @@ def load_records(
         if path.is_dir():
             records = _load_with_datasets(str(path), source, split, max_rows, subset)
         elif path.exists():
-            records = _load_file(path, source, max_rows)
+            records, numbers = _load_file(path, source, max_rows)
+            lines = None if numbers is None else Lines(source, numbers)
         elif _looks_local(source):
             raise DataError(f"data file not found: {source}")
         else:
             records = _load_with_datasets(source, source, split, max_rows, subset)
 
     logger.info("loaded %d records from %s", len(records), source)
-    return records
+    return records, lines
 
 
 def _looks_local(source: str) -> bool:
@@ -119,8 +140,8 @@ def _suffix(source: str) -> str | None:
     return next((s for s in FILE_SUFFIXES if lowered.endswith(s)), None)
 
 
-def _load_file(path: Path, where: str, max_rows: int | None) -> list[dict]:
-    """Read one local file by its suffix."""
+def _load_file(path: Path, where: str, max_rows: int | None) -> tuple[list[dict], list[int] | None]:
+    """Read one local file by its suffix: its records, and their lines when it has lines."""
     suffix = _suffix(path.name)
     if suffix is None:
         known = ", ".join(FILE_SUFFIXES)
@@ -129,15 +150,15 @@ def _load_file(path: Path, where: str, max_rows: int | None) -> list[dict]:
     gzipped = suffix.endswith(".gz")
     try:
         if suffix == ".parquet":
-            return _read_parquet(path, where, max_rows)
+            return _read_parquet(path, where, max_rows), None
         if suffix.startswith(".jsonl"):
             with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
-                return _take(_iter_jsonl(f, where), max_rows)
+                return _take(jsonl_rows(f, where), max_rows)
         opener = gzip.open if gzipped else open
         newline = "" if suffix == ".csv" else None  # the csv module reads line ends itself
         with opener(path, "rt", encoding="utf-8-sig", newline=newline) as f:
             if suffix == ".txt":
-                return [{"text": f.read()}]
+                return [{"text": f.read()}], None
             if suffix == ".csv":
                 return _take(_iter_csv(f, where), max_rows)
             return _read_json(f.read(), where, max_rows)
@@ -145,14 +166,13 @@ def _load_file(path: Path, where: str, max_rows: int | None) -> list[dict]:
         raise DataError(f"{where}: cannot read file ({one_line(e)})") from e
 
 
-def _take(rows: Iterator[dict], max_rows: int | None) -> list[dict]:
-    """The first `max_rows` items of `rows` (all when None), reading no further."""
-    return list(itertools.islice(rows, max_rows))
-
-
-def _iter_jsonl(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[dict]:
-    """Yield one dict per non-blank JSON line; a bad line raises DataError at `where:line`."""
-    return (row for _, row in jsonl_rows(lines, where))
+def _take(
+    numbered: Iterator[tuple[int, dict]], max_rows: int | None
+) -> tuple[list[dict], list[int]]:
+    """The first `max_rows` (line, record) pairs (all when None) as (records, lines), reading no
+    further."""
+    pairs = list(itertools.islice(numbered, max_rows))
+    return [record for _, record in pairs], [line for line, _ in pairs]
 
 
 def jsonl_rows(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
@@ -179,15 +199,15 @@ def jsonl_rows(lines: Iterable[bytes] | Iterable[str], where: str) -> Iterator[t
         yield line_no, row
 
 
-def _read_json(text: str, where: str, max_rows: int | None) -> list[dict]:
-    """Read a .json file: an array of objects, or JSON lines under a .json name."""
+def _read_json(text: str, where: str, max_rows: int | None) -> tuple[list[dict], list[int] | None]:
+    """Read a .json file: an array of objects (no lines), or JSON lines under a .json name."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg != "Extra data":
             raise DataError(f"{where}:{e.lineno}: malformed JSON ({e})") from e
         # Several top-level values: the file holds JSON lines.
-        return _take(_iter_jsonl(text.split("\n"), where), max_rows)
+        return _take(jsonl_rows(text.split("\n"), where), max_rows)
 
     if not isinstance(data, list):
         kind = type(data).__name__
@@ -196,17 +216,20 @@ def _read_json(text: str, where: str, max_rows: int | None) -> list[dict]:
         if not isinstance(row, dict):
             kind = type(row).__name__
             raise DataError(f"{where}: row {row_no} is not a JSON object (got {kind})")
-    return data if max_rows is None else data[:max_rows]
+    return (data if max_rows is None else data[:max_rows]), None
 
 
-def _iter_csv(f: IO[str], where: str) -> Iterator[dict]:
-    """Yield one dict per CSV row, keyed by the header; a ragged row raises DataError."""
+def _iter_csv(f: IO[str], where: str) -> Iterator[tuple[int, dict]]:
+    """Yield `(line the row starts at, dict keyed by the header)` per CSV row; a ragged row raises
+    DataError."""
     reader = csv.reader(f)
     try:
         header = next(reader, None)
         if header is None:
             return
+        start = reader.line_num + 1
         for fields in reader:
+            line, start = start, reader.line_num + 1  # a quoted field may span lines
             if not fields:
                 continue
             if len(fields) != len(header):
@@ -214,7 +237,7 @@ def _iter_csv(f: IO[str], where: str) -> Iterator[dict]:
                     f"{where}:{reader.line_num}: row has {len(fields)} fields, "
                     f"the header has {len(header)}"
                 )
-            yield dict(zip(header, fields, strict=True))
+            yield line, dict(zip(header, fields, strict=True))
     except csv.Error as e:
         raise DataError(f"{where}:{reader.line_num}: malformed CSV row ({e})") from e
 

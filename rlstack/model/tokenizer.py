@@ -4,7 +4,8 @@ One token per character of printable ASCII plus newline and tab, and a few speci
 the chat format. Text is normalised first (accents stripped, full-width forms and ligatures
 mapped to ASCII, curly quotes and dashes mapped to their ASCII look-alikes), and any character
 still outside the vocabulary becomes `<unk>`: decoding never reproduces an unseen character, and
-encoding never fails.
+encoding never fails. A run logs one warning per stage data set holding such characters
+(`rlstack.stages.batches.unknown_characters` finds them).
 
 The tokenizer is built with `tokenizers` and saved as an HF fast tokenizer with a chat template,
 so transformers and vLLM load it from any checkpoint directory.

@@ -19,6 +19,40 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
+def unknown_characters(
+    tokenizer: PreTrainedTokenizerBase, rows: list, fields: tuple[str, ...] = ()
+) -> tuple[int, Counter[str]]:
+    """How many rows hold characters the tokenizer reads as its unknown token, and those
+    characters with their counts; `(0, Counter())` for a tokenizer without one.
+
+    Rows are texts, or dicts whose `fields` are encoded (a field a row lacks is skipped). Each
+    distinct character is encoded once, on its own (through the tokenizer's normaliser, so an
+    accent it strips or a curly quote it maps to ASCII is not unknown); only when some are
+    unknown are the rows read again to count them. A pass over the characters of ~10k rows takes
+    milliseconds.
+    """
+    if tokenizer.unk_token_id is None:
+        return 0, Counter()
+    texts = [
+        row if isinstance(row, str) else "".join(row[f] for f in fields if f in row) for row in rows
+    ]
+    seen: set[str] = set()
+    for text in texts:
+        seen.update(text)
+    chars = sorted(seen)
+    ids = tokenizer(chars, add_special_tokens=False, verbose=False)["input_ids"] if chars else []
+    unknown = {c for c, c_ids in zip(chars, ids) if tokenizer.unk_token_id in c_ids}
+    if not unknown:
+        return 0, Counter()
+    counts: Counter[str] = Counter()
+    affected = 0
+    for text in texts:
+        if not unknown.isdisjoint(text):
+            affected += 1
+            counts.update(c for c in text if c in unknown)
+    return affected, counts
+
+
 def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: `(input_ids, attention_mask)`, both `[batch, max_len]`."""
     width = max(len(s) for s in seqs)

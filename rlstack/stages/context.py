@@ -12,13 +12,15 @@ from typing import Any
 
 from rlstack.config import Config, DataConfig, OptimConfig
 from rlstack.data import load_rows, split_rows
-from rlstack.errors import ConfigError
+from rlstack.errors import ConfigError, DataError, PluginError
 from rlstack.learner.group import LearnerGroup
 from rlstack.learner.worker import ModelSpec
 from rlstack.metrics import MetricsWriter
 from rlstack.model.build import check_checkpoint_files
 
 logger = logging.getLogger(__name__)
+
+EXAMPLE_CHARACTERS = 5  # unknown characters a warning shows
 
 
 def check_checkpoint(
@@ -102,6 +104,14 @@ def _check_fields(stage: str, fmt: str, rows: list, verifier: bool = False) -> N
         )
 
 
+def _read(key: str, source: str, fmt: str, **options: Any) -> list:
+    """`load_rows`, a DataError naming the config key of the source: `sft.data.train: ...`."""
+    try:
+        return load_rows(source, fmt, **options)
+    except DataError as err:
+        raise DataError(f"{key}: {err}") from None
+
+
 def _drop_seen_prompts(train: list, held_out: list, where: str) -> list:
     """Held-out rows whose prompt is not a training prompt of this or an earlier stage (rows
     without prompts are all kept)."""
@@ -157,7 +167,8 @@ class StageContext:
         t0 = time.time()
         opts = dict(data.options)
         try:
-            rows = load_rows(
+            rows = _read(
+                f"{stage}.data.train",
                 data.train,
                 data.format,
                 split=data.split,
@@ -170,8 +181,13 @@ class StageContext:
                 subset = data.eval_subset
                 if subset is None and data.eval == data.train:
                     subset = data.subset
-                held_out = load_rows(
-                    data.eval, data.format, split=data.eval_split, subset=subset, **opts
+                held_out = _read(
+                    f"{stage}.data.eval",
+                    data.eval,
+                    data.format,
+                    split=data.eval_split,
+                    subset=subset,
+                    **opts,
                 )
                 if data.drop_seen_prompts:
                     seen = list(train)
@@ -227,8 +243,11 @@ class StageContext:
                         f"before it; add the reward_model stage earlier in `stages` or set "
                         f"{stage}.reward_model to a reward-model checkpoint"
                     )
+        vocabulary = self._start_tokenizer()
         for stage in self.cfg.stages:
             self.load_data(stage)
+            if vocabulary is not None:
+                self._warn_unknown_characters(stage, vocabulary)
             if stage == "pretrain":
                 from rlstack.stages.pretrain import streams
 
@@ -237,8 +256,13 @@ class StageContext:
                 streams(self)  # enough text for one training window
             section = getattr(self.cfg, stage)
             if getattr(section, "reward_source", None) == "verifier":
-                for entry in parse_verifier_entries(section.verifier, f"{stage}.verifier"):
-                    check_options(load_verifier(entry.spec), entry.args, entry.spec)
+                key = f"{stage}.verifier"
+                for i, entry in enumerate(parse_verifier_entries(section.verifier, key)):
+                    try:
+                        check_options(load_verifier(entry.spec), entry.args, entry.spec)
+                    except PluginError as err:
+                        at = key if isinstance(section.verifier, str) else f"{key}[{i}]"
+                        raise PluginError(f"{at}: {err}") from None
                 self._check_verifier_cpus(stage, section)
         if self.cfg.model.init == "random":
             for stage in self.cfg.stages:
@@ -249,6 +273,48 @@ class StageContext:
                     "and model.init is random; add one of those stages before it or set "
                     "model.init to a checkpoint"
                 )
+
+    def _start_tokenizer(self):
+        """The tokenizer the first stage reads its data with: the character one, or a local
+        model.init's; None for a hub model (not fetched before the run starts)."""
+        from rlstack.model.build import load_tokenizer
+        from rlstack.model.tokenizer import build_tokenizer
+
+        init = self.cfg.model.init
+        if init == "random":
+            return build_tokenizer(self.cfg.model.max_seq_len)
+        return load_tokenizer(init) if Path(init).expanduser().is_dir() else None
+
+    def _warn_unknown_characters(self, stage: str, tokenizer: Any) -> None:
+        """One warning per stage data set whose characters the tokenizer reads as unknown (the
+        character tokenizer knows printable ASCII only); the run goes on."""
+        from rlstack.stages.batches import unknown_characters
+
+        train, held_out = self.load_data(stage)
+        fields = tuple(dict.fromkeys(f for group in STAGE_FIELDS.get(stage, []) for f in group))
+        affected, counts = unknown_characters(tokenizer, train + held_out, fields)
+        if not affected:
+            return
+        data = getattr(self.cfg, stage).data
+        source = f"{stage}.data.train={data.train}"
+        if data.eval is not None:
+            source += f" and {stage}.data.eval={data.eval}"
+        examples = ", ".join(
+            f"{c!r} (U+{ord(c):04X}) x{n}" for c, n in counts.most_common(EXAMPLE_CHARACTERS)
+        )
+        others = len(counts) - EXAMPLE_CHARACTERS
+        more = f" and {others} more" if others > 0 else ""
+        logger.warning(
+            "%s: %d of %d rows hold %d characters outside the tokenizer's vocabulary, read as "
+            "%s: %s%s",
+            source,
+            affected,
+            len(train) + len(held_out),
+            sum(counts.values()),
+            tokenizer.unk_token,
+            examples,
+            more,
+        )
 
     def _check_verifier_cpus(self, stage: str, section: Any) -> None:
         """A verifier pool larger than a local Ray's CPUs would wait for ray.start_timeout_s."""

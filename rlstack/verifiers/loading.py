@@ -18,6 +18,7 @@ from inside a function. Such a function pickles by reference to that module name
 another process, send the spec string and call `load_verifier` there.
 """
 
+import difflib
 import hashlib
 import importlib
 import importlib.metadata
@@ -39,6 +40,8 @@ from rlstack.verifiers.python_tests import python_tests
 from rlstack.verifiers.regex import regex_match
 
 Verifier = Callable[..., float]
+
+NEAR_MISS = 0.8  # difflib similarity above which an option taken by **extras is a misspelling
 
 BUILTIN_VERIFIERS: dict[str, Verifier] = {
     "numeric": numeric_match,
@@ -108,9 +111,10 @@ def _resolve(spec: str) -> Verifier:
         if entry_point is not None:
             return _load_entry_point(entry_point)
         installed = ", ".join(entry_points()) or "none installed"
+        hint = did_you_mean(spec, [*BUILTIN_VERIFIERS, *entry_points()])
         raise PluginError(
-            "expected 'package.module:function', 'path/to/file.py:function', a built-in name "
-            f"({', '.join(BUILTIN_VERIFIERS)}) or an entry-point name ({installed})"
+            f"{hint}expected 'package.module:function', 'path/to/file.py:function', a built-in "
+            f"name ({', '.join(BUILTIN_VERIFIERS)}) or an entry-point name ({installed})"
         )
 
     if source.endswith(".py") or "/" in source or "\\" in source:
@@ -128,6 +132,12 @@ def _resolve(spec: str) -> Verifier:
             f"{attribute!r} in {source} is not callable (it is {type(target).__name__})"
         )
     return target
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """`"did you mean 'numeric'? "` for the known name closest to a misspelt one, else ""."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def load_verifier(spec: str) -> Verifier:
@@ -208,35 +218,76 @@ def _summary(fn: Any) -> str:
 def check_options(fn: Verifier, options: dict[str, Any], spec: str) -> None:
     """Fail when a verifier cannot take the options a config binds to it.
 
+    An option the verifier does not name is refused; with `**extras` (where such an option
+    would go), only when it is missing a parameter it requires, or when the name is a near miss
+    of one of its parameters (`max_char` for `max_chars`, silently left at its default).
+
     Raises:
-        PluginError: naming the verifier and the option, e.g. "verifier 'regex': does not take
-            the option 'patern'".
+        PluginError: naming the verifier and the option, e.g. "verifier 'regex': no option
+            patern; did you mean 'pattern'? (options: pattern, ...)".
     """
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return  # some builtins and C functions have no signature to check
+    named = _option_names(signature)
+    unnamed = [] if named is None else sorted(set(options) - set(named))
+    extras = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    builtin = any(fn is verifier for verifier in BUILTIN_VERIFIERS.values())
     try:
         signature.bind("prompt", "response", "reference", **options)
     except TypeError as exc:
+        unknown = unnamed
+        if extras:  # the error is about a parameter left out: an option that looks like it
+            missing = [
+                p.name
+                for p in signature.parameters.values()
+                if p.name in named and p.default is p.empty and p.name not in options
+            ]
+            unknown = [o for o in unnamed if difflib.get_close_matches(o, missing)]
+        if unknown:
+            raise PluginError(_no_option(spec, unknown, named)) from None
         what = f" and the options {', '.join(sorted(options))}" if options else ""
         raise PluginError(
             f"verifier {spec!r}: cannot be called with (prompt, response, reference){what} ({exc})"
         ) from None
-    if options and any(fn is builtin for builtin in BUILTIN_VERIFIERS.values()):
+    near = [o for o in unnamed if difflib.get_close_matches(o, named, cutoff=NEAR_MISS)]
+    if near and not builtin:
+        note = "; other names reach **extras"
+        raise PluginError(_no_option(spec, near, named, note))
+    if options and builtin:
         # Built-ins take data columns as **extras, so a misspelt option would pass unnoticed:
         # their options are exactly their keyword-only parameters. A trial call on empty
         # strings then checks the values (a bad pattern, an unknown mode).
         known = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise PluginError(
-                f"verifier {spec!r}: no option {', '.join(unknown)} "
-                f"(options: {', '.join(known) or 'none'})"
-            )
+            raise PluginError(_no_option(spec, unknown, known))
         try:
             fn("", "", "", **options)
         except (PluginError, ConfigError) as exc:
             raise PluginError(f"verifier {spec!r}: {exc}") from None
         except Exception:
             pass  # empty strings are not a real sample; only option errors matter here
+
+
+def _option_names(signature: inspect.Signature) -> list[str] | None:
+    """The parameters a verifier takes by name after prompt, response and reference; None when
+    those three do not bind (the signature is wrong, not an option)."""
+    try:
+        taken = signature.bind_partial("prompt", "response", "reference").arguments
+    except TypeError:
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        p.name for p in signature.parameters.values() if p.kind in keyword and p.name not in taken
+    ]
+
+
+def _no_option(spec: str, unknown: list[str], known: list[str], note: str = "") -> str:
+    """`verifier 'f.py:fn': no option max_char; did you mean 'max_chars'? (options: ...)`."""
+    hint = did_you_mean(unknown[0], known).rstrip() if len(unknown) == 1 else ""
+    return (
+        f"verifier {spec!r}: no option {', '.join(unknown)}{'; ' + hint if hint else ''} "
+        f"(options: {', '.join(known) or 'none'}{note})"
+    )
