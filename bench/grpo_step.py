@@ -7,8 +7,8 @@
 Workload: a randomly initialised ~1M-parameter Qwen3-MoE, 8 prompts x 8 samples x 32 response
 tokens per step, on this machine's 2 cores. Each variant runs the real GRPO stage (`rlstack run`
 with `stages=[grpo]`: vLLM rollout actor, verifier actor, DeepSpeed learner actor, weight sync
-every step) for 30 steps; the step time is the wall time between consecutive step records in
-metrics.jsonl (so overlapped generation is counted once), median over steps 6-30.
+every step) for 60 steps; the step time is the wall time between consecutive step records in
+metrics.jsonl (so overlapped generation is counted once), median over steps 6-60.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ grpo_step.py, randomly initialised, character tokenizer), 8 prompts x 8 samples 
 tokens per step (generation forced to 32 tokens with `min_new_tokens`), the same synthetic
 arithmetic prompts and a reward of 1 for the right number, one optimizer step per generation, HF
 `generate`, one process with 2 torch threads; two variants: no KL (beta 0) and KL 0.04 to a
-reference model. 30 steps each; the step time is the wall time between consecutive
-`on_step_end` callbacks, median over steps 6-30, as in grpo_step.py.
+reference model. 60 steps each; the step time is the wall time between consecutive
+`on_step_end` callbacks, median over steps 6-60, as in grpo_step.py.
 Running both the same day on the same machine keeps the comparison fair: this machine's speed
 drifts by 20% or more from one session to the next.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 WORK = REPO / "bench" / "work" / "trl_grpo_step"
 RESULTS = REPO / "bench" / "results" / "trl_grpo_step.json"
-STEPS = 30
+STEPS = 60
 
 
 def reward_right_number(completions, reference, **_):

@@ -15,6 +15,7 @@ engine's (`is_cap`). With `max_staleness: 0` every rollout uses the latest weigh
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -31,7 +32,7 @@ from rlstack.scorers.reward_http import RemoteRewardModel
 from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
-from rlstack.stages.rl_samples import PromptSampler, Rollout
+from rlstack.stages.rl_samples import PendingRollout, PromptSampler, Rollout
 from rlstack.stages.state import StageState
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class RLStage:
         self.max_prompt = ctx.cfg.model.max_seq_len - c.sampling.max_tokens
         self.sampler = PromptSampler(len(self.train_rows), ctx.cfg.seed)
         self._next_prompts: list[int] | None = None  # the prompts of a saved next rollout
+        self._score_lock = threading.Lock()
         self.roles = start_roles(ctx, stage, c, self._longest_prompt())
         self.sampling = vars(c.sampling).copy()
         self.adv_spec = AdvantageSpec(
@@ -93,9 +95,8 @@ class RLStage:
         return longest
 
     # -------------------------------------------------------------- rollout
-    def _start_rollout(
-        self, step: int, indices: list[int] | None = None
-    ) -> tuple[list[int], list[list[int]], Any]:
+    def _start_rollout(self, step: int, indices: list[int] | None = None) -> PendingRollout:
+        """Queue a rollout on the engines; a driver thread collects and scores it."""
         if indices is None:
             indices = self.sampler.take(self.c.prompts_per_step)
         ids = [
@@ -105,10 +106,9 @@ class RLStage:
         handles = self.roles.rollout.generate_async(
             ids, self.c.samples_per_prompt, self.sampling, seed=self.ctx.cfg.seed * 100003 + step
         )
-        return indices, ids, handles
+        return PendingRollout(indices, lambda: self._finish_rollout(indices, ids, handles))
 
-    def _finish_rollout(self, pending) -> Rollout:
-        indices, ids, handles = pending
+    def _finish_rollout(self, indices: list[int], ids: list[list[int]], handles) -> Rollout:
         result = RolloutGroup.collect(handles)
         rollout = Rollout(
             prompt_ids=ids,
@@ -129,7 +129,13 @@ class RLStage:
 
         The reward is the reward model's score (reward_source reward_model), or the verifiers'
         weighted sum plus `reward_model_weight` x the reward model's score (reward_source
-        verifier)."""
+        verifier). Called from the rollout thread and from evaluation: one call at a time."""
+        with self._score_lock:
+            return self._score_unlocked(rollout)
+
+    def _score_unlocked(
+        self, rollout: Rollout
+    ) -> tuple[torch.Tensor, dict[str, int], dict[str, list[float]]]:
         rm_scores = None
         if isinstance(self.roles.reward_model, RemoteRewardModel):
             # Texts that the server turns back into this rollout's exact token ids.
@@ -179,7 +185,7 @@ class RLStage:
 
         kept = informative(pool)
         while len(kept) < target and tries < self.c.max_sampling_tries:
-            extra = self._finish_rollout(self._start_rollout(10**6 * tries + step))
+            extra = self._start_rollout(10**6 * tries + step).result()
             pool.extend(extra)
             tries += 1
             kept = informative(pool)
@@ -365,7 +371,7 @@ class RLStage:
             current = pending
             if queue_early and step < c.steps:
                 pending = self._start_rollout(step + 1)
-            rollout = self._finish_rollout(current)
+            rollout = current.result()
             t_rollout = time.time() - t0
             if overlap and not queue_early and step < c.steps:
                 pending = self._start_rollout(step + 1)
@@ -405,7 +411,7 @@ class RLStage:
             if (c.eval_every and step % c.eval_every == 0) or step == c.steps:
                 self.evaluate(step)
             if state.due(step, c.steps):
-                self._next_prompts = pending[0]  # the rollout of step + 1, already started
+                self._next_prompts = pending.indices  # the rollout of step + 1, already started
                 state.save(step)
         rollout_group.wait(sync_refs)
         path = self.ctx.checkpoint_dir(self.stage)

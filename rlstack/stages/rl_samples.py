@@ -1,12 +1,15 @@
 """What the RL loop samples: prompts in shuffled passes, and the scored rollouts they produce.
 
 `PromptSampler`'s position is part of a run's resumable state; `Rollout` holds one step's
-samples (several rollouts' worth under dynamic sampling) with their rewards.
+samples (several rollouts' worth under dynamic sampling) with their rewards; `PendingRollout` is
+a rollout being generated and scored while the driver does something else.
 """
 
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -95,3 +98,35 @@ class Rollout:
                 for name, values in self.components.items():
                     out.components.setdefault(name, []).append(values[i])
         return out
+
+
+class PendingRollout:
+    """A started rollout, collected and scored by a driver thread as soon as the engines finish
+    it, so that scoring overlaps the learner's update instead of delaying the next one.
+
+    `indices` are its prompts (part of the resumable state); `result()` waits for the scored
+    `Rollout` and raises what collecting or scoring raised. The thread is a daemon: an
+    interrupted run does not wait for it.
+    """
+
+    def __init__(self, indices: list[int], finish: Callable[[], Rollout]) -> None:
+        self.indices = indices
+        self._rollout: Rollout | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(finish,), name="rlstack-rollout", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, finish: Callable[[], Rollout]) -> None:
+        try:
+            self._rollout = finish()
+        except BaseException as err:  # handed to the caller of result()
+            self._error = err
+
+    def result(self) -> Rollout:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._rollout is not None
+        return self._rollout
