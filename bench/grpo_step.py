@@ -108,6 +108,25 @@ def make_model() -> Path:
     return path
 
 
+def summarise(times: list[float], seconds: float) -> dict:
+    """Step-time figures of one run (`times`: the timed steps) lasting `seconds` in all."""
+    return {
+        "median_s_per_step": round(statistics.median(times), 3),
+        "mean_s_per_step": round(statistics.mean(times), 3),
+        "min_s_per_step": round(min(times), 3),
+        "max_s_per_step": round(max(times), 3),
+        "steps_timed": len(times),
+        "run_seconds": round(seconds, 1),
+    }
+
+
+def commit() -> str:
+    """The repository's current commit, short form."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def step_times(run_dir: Path) -> list[float]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     stamps = [r["time"] for r in rows if r["stage"] == "grpo" and "policy_loss" in r]
@@ -138,22 +157,12 @@ def main(argv: list[str]) -> int:
         t0 = time.time()
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         times = step_times(run_dir)[5:]
-        results[name] = {
-            "median_s_per_step": round(statistics.median(times), 3),
-            "mean_s_per_step": round(statistics.mean(times), 3),
-            "min_s_per_step": round(min(times), 3),
-            "max_s_per_step": round(max(times), 3),
-            "steps_timed": len(times),
-            "run_seconds": round(time.time() - t0, 1),
-            "overrides": extra,
-        }
+        results[name] = {**summarise(times, time.time() - t0), "overrides": extra}
         print(f"{name}: {results[name]}")
     out = {
         "workload": "Qwen3-MoE ~1M params, 8 prompts x 8 samples x 32 tokens, 2 cores",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "results": results,
     }
     if len(chosen) < len(VARIANTS):

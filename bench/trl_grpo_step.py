@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +43,7 @@ def run(beta: float) -> dict:
     torch.set_num_threads(2)
     import trl
     from datasets import Dataset
-    from grpo_step import MODEL
+    from grpo_step import MODEL, summarise
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -101,18 +99,15 @@ def run(beta: float) -> dict:
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])][5:]
     return {
-        "median_s_per_step": round(statistics.median(times), 3),
-        "mean_s_per_step": round(statistics.mean(times), 3),
-        "min_s_per_step": round(min(times), 3),
-        "max_s_per_step": round(max(times), 3),
-        "steps_timed": len(times),
-        "run_seconds": round(time.time() - t0, 1),
+        **summarise(times, time.time() - t0),
         "model_parameters": count_parameters(model),
         "trl": trl.__version__,
     }
 
 
 def main() -> int:
+    from grpo_step import commit
+
     results = {}
     for name, beta in (("no KL (beta 0)", 0.0), ("KL 0.04 (beta 0.04)", 0.04)):
         results[name] = run(beta)
@@ -121,9 +116,7 @@ def main() -> int:
         "workload": "Qwen3-MoE ~1M params, 8 prompts x 8 samples x 32 tokens, 2 threads",
         "variant": "TRL GRPOTrainer, HF generate, one process",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit(),
         "results": results,
     }
     print(json.dumps(out, indent=2))
