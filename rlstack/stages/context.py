@@ -149,12 +149,16 @@ class StageContext:
 
     def tokenizer(self):
         """The shared tokenizer: the current checkpoint's, or the built-in character one."""
+        return self._tokenizer_at(self.policy_path)
+
+    def _tokenizer_at(self, path: str | None):
+        """The tokenizer of the checkpoint at `path`; the character one when `path` is None."""
         from rlstack.model.build import load_tokenizer
         from rlstack.model.tokenizer import build_tokenizer
 
-        if self.policy_path is None:
+        if path is None:
             return build_tokenizer(self.cfg.model.max_seq_len)
-        return load_tokenizer(self.policy_path)
+        return load_tokenizer(path)
 
     def checkpoint_dir(self, stage: str) -> str:
         return str(self.run_dir / "checkpoints" / stage)
@@ -277,13 +281,10 @@ class StageContext:
     def _start_tokenizer(self):
         """The tokenizer the first stage reads its data with: the character one, or a local
         model.init's; None for a hub model (not fetched before the run starts)."""
-        from rlstack.model.build import load_tokenizer
-        from rlstack.model.tokenizer import build_tokenizer
-
         init = self.cfg.model.init
         if init == "random":
-            return build_tokenizer(self.cfg.model.max_seq_len)
-        return load_tokenizer(init) if Path(init).expanduser().is_dir() else None
+            return self._tokenizer_at(None)
+        return self._tokenizer_at(init) if Path(init).expanduser().is_dir() else None
 
     def _warn_unknown_characters(self, stage: str, tokenizer: Any) -> None:
         """One warning per stage data set whose characters the tokenizer reads as unknown (the
