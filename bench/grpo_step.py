@@ -83,6 +83,24 @@ VARIANTS = {
         "rollout.threads=1",
         "rollout.enforce_eager=false",
     ],
+    # Verifiers in the driver (`grpo.verifier_workers=0`), as TRL calls its reward functions,
+    # instead of the pool of verifier actors.
+    "overlap, no KL, compiled engine, verifiers in the driver (threads 1+1)": [
+        "grpo.max_staleness=1",
+        "grpo.kl_coef=0",
+        "learner.threads=1",
+        "rollout.threads=1",
+        "rollout.enforce_eager=false",
+        "grpo.verifier_workers=0",
+    ],
+    "overlap, KL 0.04, compiled engine, verifiers in the driver (threads 1+1)": [
+        "grpo.max_staleness=1",
+        "grpo.kl_coef=0.04",
+        "learner.threads=1",
+        "rollout.threads=1",
+        "rollout.enforce_eager=false",
+        "grpo.verifier_workers=0",
+    ],
     "sequential, no KL (threads 2+2)": [
         "grpo.max_staleness=0",
         "grpo.kl_coef=0",

@@ -78,7 +78,12 @@ VARIANTS = {
         "grpo.loss_agg=seq_mean_token_mean",
         "grpo.clip_high=0.28",
     ],
-    "grpo_dynamic_sampling": ["grpo.dynamic_sampling=true", "grpo.max_sampling_tries=2"],
+    # Refills are scored by in-process verifiers (no pool), in the driver's main thread.
+    "grpo_dynamic_sampling": [
+        "grpo.dynamic_sampling=true",
+        "grpo.max_sampling_tries=2",
+        "grpo.verifier_workers=0",
+    ],
 }
 
 
@@ -118,7 +123,7 @@ def score(prompt, response, reference, **extras):
 
 
 LEARNERS = {
-    "grpo": ("grpo", []),
+    "grpo": ("grpo", ["grpo.verifier_workers=0"]),  # scored in the driver, without a pool
     "rloo": ("grpo", ["grpo.advantage=rloo"]),
     "reinforce_pp": ("grpo", ["grpo.advantage=reinforce_pp"]),
     # PPO: GAE with a critic, on the same verifier reward instead of a reward model.

@@ -211,7 +211,7 @@ def test_scoring_keys_are_validated_and_the_old_string_form_still_loads():
     assert load_config(None).grpo.verifier == "numeric"
     for bad, key in [
         ("grpo.verifier_timeout_s=0", "grpo.verifier_timeout_s"),
-        ("grpo.verifier_workers=0", "grpo.verifier_workers"),
+        ("grpo.verifier_workers=-1", "grpo.verifier_workers"),
         ("grpo.verifier_cpus_per_worker=-1", "grpo.verifier_cpus_per_worker"),
     ]:
         with pytest.raises(ConfigError, match=key):

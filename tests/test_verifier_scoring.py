@@ -233,6 +233,48 @@ def test_weighted_combination_matches_hand_computed_rewards(make_pool, plugin):
     assert result.failures == {"raised": 1}
 
 
+def test_in_process_scoring_gives_the_pools_scores_and_failures_without_workers(
+    make_pool, plugin, monkeypatch
+):
+    """`num_workers=0` (the loop's `verifier_workers: 0`): the same verifiers, outcomes and
+    failure kinds as the pool, scored in this process, with no actor started."""
+    entries = [
+        {"name": "numeric", "weight": 0.5},
+        {"name": f"{plugin}:trouble", "weight": -1.0, "label": "trouble"},
+        {"name": f"{plugin}:waits", "label": "waits"},
+        {"name": f"{plugin}:lengths", "args": {"scale": 0.5}, "label": "lengths"},
+        {"name": f"{plugin}:timed", "label": "timed"},
+    ]
+    batch = items(["7", "The answer is 7", "8", "raise", "nan", "text"], reference="7")
+    batch[4]["extras"] = {"sleep": 5.0, "delay": 1.5}  # async: past its deadline; sync: late
+    for row in batch:
+        row["extras"].setdefault("bonus", 1)
+    pooled = make_pool(entries, failure_score=-3.0, num_workers=2, timeout_s=1.0)
+
+    def no_actors(*args, **kwargs):
+        raise AssertionError("in-process scoring started a Ray actor")
+
+    monkeypatch.setattr("ray.remote", no_actors)
+    local = VerifierScorer(entries, failure_score=-3.0, num_workers=0, timeout_s=1.0)
+    assert local.in_process and not pooled.in_process and local.pids() == []
+    expected, got = pooled.score(batch), local.score(batch)
+    assert got.components == expected.components
+    assert got.scores == expected.scores
+    assert (
+        got.failures
+        == expected.failures
+        == {
+            "raised": 1,
+            "nan": 1,
+            "not_a_number": 1,
+            "timeout": 2,  # waits (cancelled at 1 s) and timed (returned after 1.5 s)
+        }
+    )
+    assert got.components["numeric"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert got.outcomes["trouble"][3].message == "ValueError: boom"
+    local.shutdown()
+
+
 def test_entry_point_verifier_loads_in_the_workers(make_pool, ray_local, tmp_path, monkeypatch):
     root = make_distribution(tmp_path)
     monkeypatch.syspath_prepend(str(root))

@@ -189,11 +189,17 @@ def validate(cfg: Config) -> None:
             "epochs",
             "minibatches",
             "max_sampling_tries",
-            "verifier_workers",
         )
         _positive(rl.sampling, f"{name}.sampling", "max_tokens")
         _not_negative(
-            rl, name, "eval_every", "eval_prompts", "kl_coef", "reward_retries", "save_every"
+            rl,
+            name,
+            "eval_every",
+            "eval_prompts",
+            "kl_coef",
+            "reward_retries",
+            "save_every",
+            "verifier_workers",
         )
         if rl.reward_timeout_s <= 0:
             raise ConfigError(
@@ -233,7 +239,6 @@ def _check_verifier_keys(rl: RLConfig, name: str) -> None:
     from rlstack.verifiers.combine import parse_verifier_entries
 
     parse_verifier_entries(rl.verifier, f"{name}.verifier")
-    _positive(rl, name, "verifier_workers")
     _not_negative(rl, name, "verifier_cpus_per_worker")
     if not rl.verifier_timeout_s > 0:
         raise ConfigError(

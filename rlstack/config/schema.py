@@ -204,7 +204,9 @@ class RLConfig:
     # times out or its worker dies
     verifier_timeout_s: float = 10.0  # deadline of one verifier call (one sample, or one call of
     # a batched verifier), seconds; a late call scores failure_score (kind "timeout")
-    verifier_workers: int = 2  # verifier actors in the scoring pool
+    verifier_workers: int = 2  # verifier actors in the scoring pool; 0 scores in the driver,
+    # without a pool: faster for cheap, trusted checks (the built-ins), but a call that hangs
+    # stalls the loop (docs/verifiers.md)
     verifier_cpus_per_worker: float = 0.1  # Ray logical CPUs per verifier actor (fractional)
     verifier_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
     # each verifier actor asks for, e.g. {verifier_slot: 1} on a cluster whose nodes offer one

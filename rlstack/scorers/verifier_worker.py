@@ -1,9 +1,10 @@
 """One verifier worker: loads the verifiers of a combination once, then scores chunks of samples.
 
-It runs as a Ray actor in the scorer pool (`scorers/verifier.py`), or in-process (a serial
-baseline, a test). `score` is a generator that yields each sample's outcome as soon as it is
-known; as an actor method it streams (Ray's streaming generators), so the pool always knows which
-call a worker is in and can kill the worker when that call hangs.
+It runs as a Ray actor in the scorer pool (`scorers/verifier.py`), or in-process (the pool's
+`num_workers=0` mode, a serial baseline, a test). `score` is a generator that yields each
+sample's outcome as soon as it is known; as an actor method it streams (Ray's streaming
+generators), so the pool always knows which call a worker is in and can kill the worker when
+that call hangs.
 
 How each kind of verifier runs (see `rlstack.verifiers.api`):
 - plain functions, one sample after another, in the worker's main thread (so a built-in may use
@@ -49,13 +50,17 @@ class VerifierWorker:
     Args:
         entries: the verifiers (spec, weight, options, label); all are loaded here, once.
         timeout_s: the deadline of one call (one sample, or one batched call), in seconds.
+        own_process: the worker is a process of its own (an actor), whose torch, if a verifier
+            brings it, is kept to one thread; False leaves the host process's threads alone.
     """
 
-    def __init__(self, entries: list[VerifierEntry], timeout_s: float) -> None:
+    def __init__(
+        self, entries: list[VerifierEntry], timeout_s: float, own_process: bool = True
+    ) -> None:
         self.entries = list(entries)
         self.fns = [load_verifier(e.spec) for e in self.entries]
         self.timeout_s = timeout_s
-        if "torch" in sys.modules:  # a verifier brought torch: keep it to one thread
+        if own_process and "torch" in sys.modules:  # a verifier brought torch: one thread
             sys.modules["torch"].set_num_threads(1)
 
     def ready(self) -> int:
@@ -86,10 +91,12 @@ class VerifierWorker:
             for position, item in enumerate(items):
                 yield position, self._call(fn, options, item)
 
-    def score_all(self, verifier: int, items: list[Item]) -> list[Outcome]:
+    def score_all(
+        self, verifier: int, items: list[Item], columns: list[str] | None = None
+    ) -> list[Outcome]:
         """Every outcome of `score`, in the order of `items` (for in-process use)."""
         out: list[Outcome | None] = [None] * len(items)
-        for position, outcome in self.score(verifier, items):
+        for position, outcome in self.score(verifier, items, columns):
             out[position] = outcome
         return out  # type: ignore[return-value]
 

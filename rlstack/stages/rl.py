@@ -106,9 +106,18 @@ class RLStage:
         handles = self.roles.rollout.generate_async(
             ids, self.c.samples_per_prompt, self.sampling, seed=self.ctx.cfg.seed * 100003 + step
         )
-        return PendingRollout(indices, lambda: self._finish_rollout(indices, ids, handles))
+        # In-process verifiers (verifier_workers 0) score in the main thread, where a built-in
+        # can time-limit itself with SIGALRM; a pool scores in the collecting thread.
+        in_main = self.roles.verifier is not None and self.roles.verifier.in_process
+        return PendingRollout(
+            indices,
+            lambda: self._finish_rollout(indices, ids, handles, score=not in_main),
+            then=self._add_scores if in_main else None,
+        )
 
-    def _finish_rollout(self, indices: list[int], ids: list[list[int]], handles) -> Rollout:
+    def _finish_rollout(
+        self, indices: list[int], ids: list[list[int]], handles, score: bool = True
+    ) -> Rollout:
         result = RolloutGroup.collect(handles)
         rollout = Rollout(
             prompt_ids=ids,
@@ -118,6 +127,9 @@ class RLStage:
             seconds=result["seconds"],
             version=result["version"],
         )
+        return self._add_scores(rollout) if score else rollout
+
+    def _add_scores(self, rollout: Rollout) -> Rollout:
         scores, rollout.failures, rollout.components = self._score(rollout)
         rollout.scores = scores.tolist()
         return rollout

@@ -106,11 +106,18 @@ class PendingRollout:
 
     `indices` are its prompts (part of the resumable state); `result()` waits for the scored
     `Rollout` and raises what collecting or scoring raised. The thread is a daemon: an
-    interrupted run does not wait for it.
+    interrupted run does not wait for it. `then`, if given, runs on the thread's result in the
+    caller's thread, inside `result()` (scoring that must run in the main thread).
     """
 
-    def __init__(self, indices: list[int], finish: Callable[[], Rollout]) -> None:
+    def __init__(
+        self,
+        indices: list[int],
+        finish: Callable[[], Rollout],
+        then: Callable[[Rollout], Rollout] | None = None,
+    ) -> None:
         self.indices = indices
+        self._then = then
         self._rollout: Rollout | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(
@@ -129,4 +136,6 @@ class PendingRollout:
         if self._error is not None:
             raise self._error
         assert self._rollout is not None
+        if self._then is not None:
+            self._rollout, self._then = self._then(self._rollout), None
         return self._rollout
