@@ -105,8 +105,12 @@ def test_variant_runs_end_to_end(name, sft_checkpoint, tmp_path):
         ):
             assert math.isfinite(r[key]), (key, r)
     assert (run_dir / "checkpoints" / "grpo" / "model.safetensors").is_file()
-    if "kl_coef=0" not in " ".join(VARIANTS[name]) and any("kl" in o for o in VARIANTS[name]):
+    kl_coefs = [float(o.split("=")[1]) for o in VARIANTS[name] if o.startswith("grpo.kl_coef=")]
+    if kl_coefs and kl_coefs[-1] > 0:
         assert all(math.isfinite(r["kl"]) and math.isfinite(r["kl_k3"]) for r in steps)
+        # The first update starts from the reference's own weights: the reference logprobs
+        # (computed beside the update, for the same samples) must equal the policy's.
+        assert abs(steps[0]["kl"]) < 1e-5 and abs(steps[0]["kl_k3"]) < 1e-5, steps[0]
     if "kl_target" in " ".join(VARIANTS[name]):
         assert steps[-1]["kl_coef"] != 0.05  # the adaptive controller moved the coefficient
     if name == "grpo_dynamic_sampling":

@@ -127,6 +127,15 @@ class RLStage:
             seconds=result["seconds"],
             version=result["version"],
         )
+        if self.roles.reference is not None and not self.c.dynamic_sampling:
+            # The reference is frozen, so its logprobs of these samples can be computed here,
+            # while the learner updates, instead of in the next step's critical path.
+            # (Dynamic sampling regroups samples, so it computes them in `_experience`.)
+            batch = rollout_batch(ids, rollout.samples, self.tokenizer.pad_token_id)
+            batch["ref_logprobs"] = self.roles.reference.infer(
+                "logprobs", batch, self.algo["temperature"]
+            )
+            rollout.batch = batch
         return self._add_scores(rollout) if score else rollout
 
     def _add_scores(self, rollout: Rollout) -> Rollout:
@@ -209,7 +218,9 @@ class RLStage:
     # ----------------------------------------------------------- experience
     def _experience(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         c, roles = self.c, self.roles
-        batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
+        batch = rollout.batch
+        if batch is None:
+            batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
         mask = batch["mask"]
         scores = torch.tensor(rollout.scores, dtype=torch.float32)
         temperature = self.algo["temperature"]
@@ -225,7 +236,8 @@ class RLStage:
 
         kl_penalty = None
         if roles.reference is not None:
-            batch["ref_logprobs"] = roles.reference.infer("logprobs", batch, temperature)
+            if "ref_logprobs" not in batch:
+                batch["ref_logprobs"] = roles.reference.infer("logprobs", batch, temperature)
             stats["kl_coef"] = self.kl_ctl.value
             if "old_logprobs" in batch:
                 old, ref = batch["old_logprobs"], batch["ref_logprobs"]

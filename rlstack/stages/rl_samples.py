@@ -62,8 +62,12 @@ class Rollout:
     tokens: int = 0
     seconds: float = 0.0
     version: int = 0
+    # The samples as a learner batch, with what could be computed before the update (the
+    # reference's logprobs); None when not computed yet.
+    batch: dict | None = None
 
     def extend(self, other: Rollout) -> None:
+        self.batch = None  # no longer these samples
         offset = len(self.prompt_ids)
         self.prompt_ids += other.prompt_ids
         self.rows += other.rows
