@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlstack-installed
 
-.PHONY: env smoke test lint bench-grpo bench-trl bench-learning clean-env
+.PHONY: env smoke test lint bench-grpo bench-trl bench-compare bench-learning clean-env
 
 env: $(STAMP)
 
@@ -35,9 +35,15 @@ bench-grpo: $(STAMP)
 # TRL's GRPOTrainer on the same workload, the baseline of bench-grpo. TRL goes into
 # bench/work/trl_pkgs, next to the project's environment, not into it.
 TRL_PKGS := bench/work/trl_pkgs
-bench-trl: $(STAMP)
-	test -d $(TRL_PKGS)/trl || $(BIN)/python -m pip install -q --no-deps -t $(TRL_PKGS) trl==1.16.0 accelerate==1.16.0
+$(TRL_PKGS)/trl: | $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps -t $(TRL_PKGS) trl==1.16.0 accelerate==1.16.0
+
+bench-trl: $(STAMP) $(TRL_PKGS)/trl
 	PYTHONPATH=$(TRL_PKGS) $(BIN)/python bench/trl_grpo_step.py
+
+# rlstack's fastest variants and TRL's, interleaved, 3 rounds (about 10 minutes).
+bench-compare: $(STAMP) $(TRL_PKGS)/trl
+	$(BIN)/python bench/grpo_vs_trl.py
 
 # Do the algorithms learn on real data? About 30 minutes on 2 cores; writes docs/learning.md.
 bench-learning: $(STAMP)

@@ -151,31 +151,37 @@ def step_times(run_dir: Path) -> list[float]:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def run_variant(name: str, init: Path) -> dict:
+    """Run variant `name` of VARIANTS from the model at `init`; its step-time figures."""
+    extra = VARIANTS[name]
+    run_dir = WORK / name.split(" (")[0].replace(", ", "-").replace(" ", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)  # rlstack refuses to overwrite a run
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlstack",
+        "run",
+        "--run-dir",
+        str(run_dir),
+        f"model.init={init}",
+        *COMMON,
+        *extra,
+    ]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    times = step_times(run_dir)[5:]
+    return {**summarise(times, time.time() - t0), "overrides": extra}
+
+
 def main(argv: list[str]) -> int:
-    chosen = {k: v for k, v in VARIANTS.items() if not argv or any(a in k for a in argv)}
+    chosen = [k for k in VARIANTS if not argv or any(a in k for a in argv)]
     if not chosen:
         print(f"no variant matches {argv}; variants: {list(VARIANTS)}", file=sys.stderr)
         return 2
     init = make_model()
     results = {}
-    for name, extra in chosen.items():
-        run_dir = WORK / name.split(" (")[0].replace(", ", "-").replace(" ", "_")
-        shutil.rmtree(run_dir, ignore_errors=True)  # rlstack refuses to overwrite a run
-        cmd = [
-            sys.executable,
-            "-m",
-            "rlstack",
-            "run",
-            "--run-dir",
-            str(run_dir),
-            f"model.init={init}",
-            *COMMON,
-            *extra,
-        ]
-        t0 = time.time()
-        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-        times = step_times(run_dir)[5:]
-        results[name] = {**summarise(times, time.time() - t0), "overrides": extra}
+    for name in chosen:
+        results[name] = run_variant(name, init)
         print(f"{name}: {results[name]}")
     out = {
         "workload": "Qwen3-MoE ~1M params, 8 prompts x 8 samples x 32 tokens, 2 cores",

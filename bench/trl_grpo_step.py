@@ -105,11 +105,17 @@ def run(beta: float) -> dict:
     }
 
 
-def main() -> int:
+VARIANTS = {"no KL (beta 0)": 0.0, "KL 0.04 (beta 0.04)": 0.04}
+
+
+def main(argv: list[str]) -> int:
     from grpo_step import commit
 
+    if argv[:1] == ["--one"]:  # one variant, its figures as one JSON line (bench/grpo_vs_trl.py)
+        print(json.dumps(run(VARIANTS[argv[1]])))
+        return 0
     results = {}
-    for name, beta in (("no KL (beta 0)", 0.0), ("KL 0.04 (beta 0.04)", 0.04)):
+    for name, beta in VARIANTS.items():
         results[name] = run(beta)
         print(f"{name}: {results[name]}")
     out = {
@@ -126,4 +132,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
