@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,19 @@ def apply_env(loopback: bool) -> dict[str, str]:
     return {key: os.environ[key] for key in env}
 
 
+_reaper = None  # the watchdog of this process's local Ray instances (rlstack.reaper)
+
+
+def _watch_local_ray(started: float) -> None:
+    """Have Ray's processes ended if this process dies without shutting Ray down (SIGKILL,
+    out of memory); one watchdog covers every local instance this process starts."""
+    global _reaper
+    if _reaper is None or _reaper.poll() is not None:
+        from rlstack import reaper
+
+        _reaper = reaper.start(since=started)
+
+
 def init_ray(address: str | None, num_cpus: float | None, loopback: bool) -> dict[str, str]:
     """Connect to a Ray cluster, or start a private local one.
 
@@ -76,7 +90,9 @@ def init_ray(address: str | None, num_cpus: float | None, loopback: bool) -> dic
             if loopback:
                 kwargs["_node_ip_address"] = "127.0.0.1"
             logger.info("starting a local Ray instance (num_cpus=%s)", num_cpus)
+            started = time.time()
             ray.init(**kwargs)
+            _watch_local_ray(started)
         else:
             logger.info("connecting to Ray at %s", address)
             ray.init(address=address)
