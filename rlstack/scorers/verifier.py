@@ -15,15 +15,15 @@ Scoring never blocks training:
   by kind and logged; a run's metrics.jsonl has `verifier_failures/<kind>` per step.
 
 Several verifiers combine by weight (`rlstack.verifiers.combine`); each worker loads all of them.
+Known limit: when a hung call was one of several async calls of a chunk (a coroutine that blocks
+its event loop), which one is not known; the chunk's unfinished samples are then retried one per
+chunk, which finds it at the cost of one more deadline.
 
 With `num_workers=0` there is no pool: the verifiers run in the calling process, one call after
 another, with the same outcome kinds, but a plain call that never returns cannot be ended (it
 stalls its caller). The pool's own cost (about 0.4 ms a sample, in the worker and the driver)
 buys that protection; a cheap, trusted check such as the built-in `numeric` (about 10 us a
 sample) is faster in-process.
-Known limit: when a hung call was one of several async calls of a chunk (a coroutine that blocks
-its event loop), which one is not known; the chunk's unfinished samples are then retried one per
-chunk, which finds it at the cost of one more deadline.
 """
 
 from __future__ import annotations

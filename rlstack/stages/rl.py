@@ -172,7 +172,11 @@ class RLStage:
             if self.roles.verifier is None:
                 return rm_scores, {}, {}
         elif self.roles.reward_model is not None:
-            batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
+            batch = rollout.batch
+            if batch is None:
+                batch = rollout_batch(
+                    rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id
+                )
             rm_scores = self.roles.reward_model.infer("scores", batch)
             if self.roles.verifier is None:
                 return rm_scores, {}, {}
