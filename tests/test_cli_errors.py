@@ -68,6 +68,7 @@ def test_value_given_for_a_section_or_a_list_is_named_with_what_it_takes(tmp_pat
         ("pretrain.steps: 5\n", "'pretrain.steps' is a dotted key"),
         ("- pretrain\n", "a mapping of keys, not a list"),
         ("seed: 1\nseed: 2\n", "duplicate key seed"),
+        ("grpo: {kl_in_reward: 0}\n", "'grpo.kl_in_reward' takes true or false, got 0"),
     ],
 )
 def test_config_files_of_the_wrong_shape_are_named_in_one_line(text, fragment, tmp_path):
@@ -84,6 +85,8 @@ def test_config_files_of_the_wrong_shape_are_named_in_one_line(text, fragment, t
         ("model..hidden_size=3", "expected dotted.key=value"),
         ("stages=[pretrain", "ParserError"),
         ("stages=[pretrain,sft,pretrain]", "pretrain listed more than once"),
+        ("rollout.enforce_eager=3", "'rollout.enforce_eager' takes true or false, got 3"),
+        ("grpo.dynamic_sampling=sure", "'grpo.dynamic_sampling' takes true or false, got 'sure'"),
     ],
 )
 def test_overrides_of_the_wrong_shape_are_named_in_one_line(override, fragment, tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode
 
 from rlstack.config.checks import validate
 from rlstack.config.schema import Config
@@ -23,7 +24,9 @@ def _check_shapes(schema: Any, given: Any, origin: str, prefix: str = "") -> Non
 
     OmegaConf reports these without the key (`int is not a subclass of SFTConfig`, `Cannot
     merge incompatible container types`): a value in place of a section, a mapping in place of a
-    list or the reverse, or a dotted key written inside a YAML file.
+    list or the reverse, or a dotted key written inside a YAML file. A switch (a bool key) takes
+    true or false (or what YAML reads as one, such as yes/no): OmegaConf would also read a
+    number as one (3 as true).
     """
     if not isinstance(given, dict):
         return
@@ -52,6 +55,10 @@ def _check_shapes(schema: Any, given: Any, origin: str, prefix: str = "") -> Non
             )
         if OmegaConf.is_list(node) and not isinstance(value, list):
             raise ConfigError(_takes_a_list(origin, key))
+        if isinstance(schema._get_node(name), BooleanNode) and not (
+            isinstance(value, bool) or str(value).lower() in ("true", "false")
+        ):
+            raise ConfigError(f"{origin}: config key '{key}' takes true or false, got {value!r}")
         if OmegaConf.is_dict(node) and not isinstance(value, dict):
             raise ConfigError(
                 f"{origin}: config key '{key}' takes a mapping, e.g. {key}={{a: 1}} (or {key}.a=1)"
