@@ -45,7 +45,7 @@ bench-trl: $(STAMP) $(TRL_PKGS)/trl
 bench-compare: $(STAMP) $(TRL_PKGS)/trl
 	$(BIN)/python bench/grpo_vs_trl.py
 
-# Do the algorithms learn on real data? About 30 minutes on 2 cores; writes docs/learning.md.
+# Do the algorithms learn on real data? About 22-24 minutes on 2 cores; writes docs/learning.md.
 bench-learning: $(STAMP)
 	$(BIN)/python bench/learning.py
 

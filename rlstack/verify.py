@@ -9,7 +9,8 @@ VERIFIER is any spec a config accepts (a built-in name, an entry-point name,
 value is read as YAML: `--arg max_chars=200` is a number). Every row of DATA.jsonl needs
 `prompt`, `response` and `reference`; its other columns reach the verifier as extras. The rows
 are scored by the training loop's verifier pool (`rlstack.scorers.verifier`) in a private local
-Ray on 127.0.0.1, with the same deadline, failure score and failure kinds.
+Ray on 127.0.0.1, with the same deadline, failure score and failure kinds (`--workers 0`: in this
+process, without Ray, as training with `verifier_workers: 0`).
 
 The text report gives the pass rate (score >= 1), the mean score, failures by kind and a few
 examples. `--json` prints one JSON object per row (`index`, `score`, `failure`: a kind or null,
@@ -49,7 +50,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--list", action="store_true", help="list built-in and installed verifiers")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
-    parser.add_argument("--workers", type=int, default=2, help="verifier actors (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="verifier actors (default 2; 0: in this process)"
+    )
     parser.add_argument(
         "--failure-score", type=float, default=0.0, help="score of a failed call (default 0)"
     )
@@ -71,8 +74,8 @@ def run_verify(args: argparse.Namespace) -> int:
         raise ConfigError(f"verify: unexpected arguments {' '.join(args.overrides)}")
     if not args.verifier or not args.data:
         raise ConfigError("verify: needs VERIFIER and DATA.jsonl (or --list)")
-    if args.workers < 1:
-        raise ConfigError(f"verify: --workers must be at least 1, got {args.workers}")
+    if args.workers < 0:
+        raise ConfigError(f"verify: --workers must not be negative, got {args.workers}")
     if not args.timeout > 0:
         raise ConfigError(f"verify: --timeout must be positive, got {args.timeout}")
     if not math.isfinite(args.failure_score):
@@ -162,14 +165,8 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 
 def score_rows(rows: list[dict], entry: Any, failure_score: float, workers: int, timeout: float):
-    """Score rows with the training loop's pool in a private local Ray; returns a ScoreResult."""
-    if os.environ.pop("RAY_ADDRESS", None):
-        logger.info("verify runs its own local Ray; RAY_ADDRESS is ignored")
-    from rlstack.runtime import apply_env, init_ray
-
-    apply_env(loopback=True)
-    import ray
-
+    """Score rows as training does: with the training loop's pool in a private local Ray, or
+    with `workers` 0 in this process (`verifier_workers: 0`); returns a ScoreResult."""
     from rlstack.scorers.verifier import VerifierScorer
 
     items = [
@@ -181,6 +178,15 @@ def score_rows(rows: list[dict], entry: Any, failure_score: float, workers: int,
         }
         for row in rows
     ]
+    if workers == 0:
+        return VerifierScorer([entry], failure_score, num_workers=0, timeout_s=timeout).score(items)
+    if os.environ.pop("RAY_ADDRESS", None):
+        logger.info("verify runs its own local Ray; RAY_ADDRESS is ignored")
+    from rlstack.runtime import apply_env, init_ray
+
+    apply_env(loopback=True)
+    import ray
+
     env_vars = init_ray(None, None, loopback=True)
     scorer = None
     try:
@@ -236,9 +242,10 @@ def print_report(
     args: argparse.Namespace, rows: list[dict], scores: list[float], outcomes: list, summary: dict
 ) -> None:
     n = summary["rows"]
+    where = f"{args.workers} workers" if args.workers else "in this process"
     print(
         f"verifier {args.verifier} on {args.data}: {n} rows in {summary['seconds']:.1f}s "
-        f"({args.workers} workers, {args.timeout:g}s per call)"
+        f"({where}, {args.timeout:g}s per call)"
     )
     print(f"pass rate (score >= 1): {summary['pass_rate']:.1%} ({summary['passed']} of {n})")
     print(f"mean score: {summary['mean_score']:.4f}")

@@ -94,6 +94,19 @@ def test_json_prints_a_row_object_per_row_and_a_summary_last(work):
     assert summary["failures"] == {"timeout": 1, "raised": 1}
 
 
+def test_workers_0_scores_in_process_without_ray_and_agrees_with_the_pool(work):
+    rows = [r for r in ROWS if r["response"] != "hang"]  # a hang would stall the process
+    write_jsonl(work / "some.jsonl", rows)
+    args = ("check.py:check", "some.jsonl", "--json", "--timeout", "1")
+    local, pooled = (verify(*args, "--workers", n, cwd=work) for n in ("0", "1"))
+    assert local.returncode == 0 and pooled.returncode == 0, local.stderr[-3000:]
+    assert "Started a local Ray" not in local.stderr
+    assert "Started a local Ray" in pooled.stderr
+    assert local.stdout.splitlines()[:-1] == pooled.stdout.splitlines()[:-1]  # every row
+    text = verify("check.py:check", "some.jsonl", "--workers", "0", cwd=work)
+    assert "(in this process, 10s per call)" in text.stdout
+
+
 def test_bound_option_reaches_the_verifier(work):
     rows = [{"prompt": "p", "response": " 42 ", "reference": "42"}]  # 1.0 when stripped
     write_jsonl(work / "one.jsonl", rows)

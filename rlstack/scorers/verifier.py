@@ -19,11 +19,12 @@ Known limit: when a hung call was one of several async calls of a chunk (a corou
 its event loop), which one is not known; the chunk's unfinished samples are then retried one per
 chunk, which finds it at the cost of one more deadline.
 
-With `num_workers=0` there is no pool: the verifiers run in the calling process, one call after
-another, with the same outcome kinds, but a plain call that never returns cannot be ended (it
-stalls its caller). The pool's own cost (about 0.4 ms a sample, in the worker and the driver)
-buys that protection; a cheap, trusted check such as the built-in `numeric` (about 10 us a
-sample) is faster in-process.
+With `num_workers=0` there is no pool: the verifiers run in the calling process, one chunk after
+another, chunked as a pool of one worker would (a batched verifier gets the whole batch, up to
+`MAX_CONCURRENT_CHUNK` samples, in one call), with the same outcome kinds; but a plain call that
+never returns cannot be ended (it stalls its caller). The pool's own cost (about 0.4 ms a
+sample, in the worker and the driver) buys that protection; a cheap, trusted check such as the
+built-in `numeric` (about 10 us a sample) is faster in-process.
 """
 
 from __future__ import annotations
@@ -187,11 +188,14 @@ class VerifierScorer:
         """
         t0 = time.monotonic()
         n = len(items)
-        if self.local is not None:
-            columns = column_names(items)
-            local = [self.local.score_all(v, items, columns) for v in range(len(self.entries))]
-            return self._result(local, time.monotonic() - t0)
         outcomes: list[list[Outcome | None]] = [[None] * n for _ in self.entries]
+        if self.local is not None:  # in this process, in the chunks of a one-worker pool
+            columns = column_names(items)
+            for v, indices in self._chunks(n):
+                chunk = self.local.score_all(v, [items[i] for i in indices], columns)
+                for i, outcome in zip(indices, chunk):
+                    outcomes[v][i] = outcome
+            return self._result(outcomes, time.monotonic() - t0)
         queue: deque[tuple[int, list[int]]] = deque(self._chunks(n))
         columns = column_names(items) if "batch" in self.modes else None
         missing = n * len(self.entries)
@@ -201,7 +205,7 @@ class VerifierScorer:
         return self._result(outcomes, time.monotonic() - t0)
 
     def _chunks(self, n: int) -> list[tuple[int, list[int]]]:
-        workers = len(self.slots)
+        workers = max(1, len(self.slots))  # in-process scoring is chunked as one worker's
         chunks = []
         for v, mode in enumerate(self.modes):
             if mode == "sync":

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from rlstack.config import RLConfig
@@ -22,6 +23,8 @@ from rlstack.rollout.group import RolloutGroup
 from rlstack.scorers.reward_http import RemoteRewardModel, is_reward_url
 from rlstack.scorers.verifier import VerifierScorer
 from rlstack.stages.context import StageContext
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +86,8 @@ def start_roles(ctx: StageContext, stage: str, c: RLConfig, longest_prompt: int 
             start_timeout_s=ctx.cfg.ray.start_timeout_s,
             resources=c.verifier_resources,
         )
+        where = f"a pool of {c.verifier_workers} actor(s)" if c.verifier_workers else "the driver"
+        logger.info("%s: verifiers run in %s", stage, where)
     rollout = RolloutGroup(
         ctx.policy_path,
         vars(ctx.cfg.rollout).copy(),

@@ -91,7 +91,7 @@ def read_result(result: Any) -> Outcome:
     if isinstance(result, bool):
         result = float(result)
     if isinstance(result, (str, bytes)):  # float() would read "1.0"; a score is a number
-        return Outcome(None, "not_a_number", details, f"returned {_short(result)}")
+        return Outcome(None, "not_a_number", details, f"returned {_short(repr(result))}")
     try:
         value = float(result)
     except (TypeError, ValueError, OverflowError):
