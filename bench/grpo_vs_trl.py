@@ -1,13 +1,16 @@
 """rlstack's GRPO step against TRL's GRPOTrainer, interleaved and repeated (docs/benchmarks.md).
 
-    make bench-compare                 # installs TRL 1.16 into bench/work/trl_pkgs if needed
-    python bench/grpo_vs_trl.py [REPEATS]   # with bench/work/trl_pkgs on PYTHONPATH; default 3
+    make bench-compare                      # installs TRL 1.16 into bench/work/trl_pkgs if needed
+    python bench/grpo_vs_trl.py [REPEATS]   # once TRL is there; 3 repetitions by default
 
 This machine's speed drifts by 15% or more within minutes, so one run of each side can mislead.
-Each repetition runs rlstack's fastest no-KL variant of bench/grpo_step.py and TRL's no-KL
-variant of bench/trl_grpo_step.py, then the same pair with KL 0.04, each run starting once the
-previous run's processes are gone, the order within a pair alternating between repetitions; the
-ratio of a pair is TRL's median step time over rlstack's. Writes every figure, and the median
+Each repetition runs two pairs, without KL and with KL 0.04: rlstack's variant of
+bench/grpo_step.py with a compiled engine and the verifiers in the driver (overlapped, 1+1
+threads), and TRL's GRPOTrainer of bench/trl_grpo_step.py (HF generate, one process, 2 threads).
+Each run is 60 steps, timed as the median step over steps 6-60, and starts once the previous
+run's processes are gone (a warning says when they do not go within two minutes); the order
+within a pair alternates between repetitions. A pair's ratio is TRL's median step time over
+rlstack's. Writes every figure, and the median
 over the repetitions, to bench/results/grpo_vs_trl.json.
 """
 
@@ -48,6 +51,8 @@ def settle(timeout_s: float = 120.0) -> None:
         if busy.returncode != 0:  # nothing matched
             break
         time.sleep(1.0)
+    else:
+        print(f"warning: Ray processes still running after {timeout_s:.0f}s", file=sys.stderr)
     time.sleep(5.0)
 
 
