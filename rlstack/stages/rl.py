@@ -28,11 +28,11 @@ from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.engine import CPU_KV_BLOCK
 from rlstack.rollout.group import RolloutGroup
-from rlstack.scorers.reward_http import RemoteRewardModel
-from rlstack.stages.batches import prompt_ids, response_text, rollout_batch
+from rlstack.stages.batches import prompt_ids, rollout_batch
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
 from rlstack.stages.rl_samples import PendingRollout, PromptSampler, Rollout
+from rlstack.stages.rl_scoring import score_rollout
 from rlstack.stages.state import StageState
 
 logger = logging.getLogger(__name__)
@@ -146,59 +146,12 @@ class RLStage:
     def _score(
         self, rollout: Rollout
     ) -> tuple[torch.Tensor, dict[str, int], dict[str, list[float]]]:
-        """Rewards `[samples]`, verifier failures by kind, and each reward part per sample.
-
-        The reward is the reward model's score (reward_source reward_model), or the verifiers'
-        weighted sum plus `reward_model_weight` x the reward model's score (reward_source
-        verifier). Called from the rollout thread and from evaluation: one call at a time."""
+        """`score_rollout` for this stage; called from the rollout thread and from evaluation,
+        one call at a time."""
         with self._score_lock:
-            return self._score_unlocked(rollout)
-
-    def _score_unlocked(
-        self, rollout: Rollout
-    ) -> tuple[torch.Tensor, dict[str, int], dict[str, list[float]]]:
-        rm_scores = None
-        if isinstance(self.roles.reward_model, RemoteRewardModel):
-            # Texts that the server turns back into this rollout's exact token ids.
-            eos = self.tokenizer.eos_token_id
-            ids = [s["response_ids"] for s in rollout.samples]
-            remote = self.roles.reward_model.score(
-                [rollout.rows[s["prompt_index"]]["prompt"] for s in rollout.samples],
-                [response_text(self.tokenizer, r) for r in ids],
-                [bool(r) and r[-1] == eos for r in ids],
-                self.max_prompt,
+            return score_rollout(
+                rollout, self.roles, self.tokenizer, self.max_prompt, self.c.reward_model_weight
             )
-            rm_scores = torch.tensor(remote, dtype=torch.float32)
-            if self.roles.verifier is None:
-                return rm_scores, {}, {}
-        elif self.roles.reward_model is not None:
-            batch = rollout.batch
-            if batch is None:
-                batch = rollout_batch(
-                    rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id
-                )
-            rm_scores = self.roles.reward_model.infer("scores", batch)
-            if self.roles.verifier is None:
-                return rm_scores, {}, {}
-        items = []
-        for s in rollout.samples:
-            row = rollout.rows[s["prompt_index"]]
-            extras = {k: v for k, v in row.items() if k not in ("prompt", "reference", "response")}
-            items.append(
-                {
-                    "prompt": row["prompt"],
-                    "response": self.tokenizer.decode(s["response_ids"], skip_special_tokens=True),
-                    "reference": str(row.get("reference", "")),
-                    "extras": extras,
-                }
-            )
-        result = self.roles.verifier.score(items)
-        scores = torch.tensor(result.scores, dtype=torch.float32)
-        components = dict(result.components)
-        if rm_scores is not None:
-            scores = scores + self.c.reward_model_weight * rm_scores.float()
-            components["reward_model"] = rm_scores.tolist()
-        return scores, result.failures, components
 
     def _refill(self, rollout: Rollout, step: int) -> tuple[Rollout, dict[str, float]]:
         """Dynamic sampling: keep groups whose rewards differ; sample more prompts if short."""
