@@ -189,15 +189,14 @@ class VerifierScorer:
         t0 = time.monotonic()
         n = len(items)
         outcomes: list[list[Outcome | None]] = [[None] * n for _ in self.entries]
+        columns = column_names(items) if "batch" in self.modes else None
         if self.local is not None:  # in this process, in the chunks of a one-worker pool
-            columns = column_names(items)
             for v, indices in self._chunks(n):
                 chunk = self.local.score_all(v, [items[i] for i in indices], columns)
                 for i, outcome in zip(indices, chunk):
                     outcomes[v][i] = outcome
             return self._result(outcomes, time.monotonic() - t0)
         queue: deque[tuple[int, list[int]]] = deque(self._chunks(n))
-        columns = column_names(items) if "batch" in self.modes else None
         missing = n * len(self.entries)
         while missing:
             self._dispatch(queue, items, columns)

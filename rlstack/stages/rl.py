@@ -28,7 +28,7 @@ from rlstack.learner.group import combine_metrics
 from rlstack.learner.microbatch import split_batch
 from rlstack.rollout.engine import CPU_KV_BLOCK
 from rlstack.rollout.group import RolloutGroup
-from rlstack.stages.batches import prompt_ids, rollout_batch
+from rlstack.stages.batches import prompt_ids
 from rlstack.stages.context import StageContext
 from rlstack.stages.rl_roles import start_roles
 from rlstack.stages.rl_samples import PendingRollout, PromptSampler, Rollout
@@ -131,11 +131,10 @@ class RLStage:
             # The reference is frozen, so its logprobs of these samples can be computed here,
             # while the learner updates, instead of in the next step's critical path.
             # (Dynamic sampling regroups samples, so it computes them in `_experience`.)
-            batch = rollout_batch(ids, rollout.samples, self.tokenizer.pad_token_id)
+            batch = rollout.learner_batch(self.tokenizer.pad_token_id)
             batch["ref_logprobs"] = self.roles.reference.infer(
                 "logprobs", batch, self.algo["temperature"]
             )
-            rollout.batch = batch
         return self._add_scores(rollout) if score else rollout
 
     def _add_scores(self, rollout: Rollout) -> Rollout:
@@ -175,9 +174,7 @@ class RLStage:
     # ----------------------------------------------------------- experience
     def _experience(self, rollout: Rollout) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         c, roles = self.c, self.roles
-        batch = rollout.batch
-        if batch is None:
-            batch = rollout_batch(rollout.prompt_ids, rollout.samples, self.tokenizer.pad_token_id)
+        batch = rollout.learner_batch(self.tokenizer.pad_token_id)
         mask = batch["mask"]
         scores = torch.tensor(rollout.scores, dtype=torch.float32)
         temperature = self.algo["temperature"]

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rlstack.stages.batches import rollout_batch
+
 
 class PromptSampler:
     """Shuffled passes over the training prompts; its position is part of the run state."""
@@ -62,9 +64,16 @@ class Rollout:
     tokens: int = 0
     seconds: float = 0.0
     version: int = 0
-    # The samples as a learner batch, with what could be computed before the update (the
-    # reference's logprobs); None when not computed yet.
+    # The samples as a learner batch (`learner_batch`), with what was added to it since (the
+    # reference's logprobs, the reward model's inputs); None until first asked for.
     batch: dict | None = None
+
+    def learner_batch(self, pad_id: int) -> dict:
+        """The samples as a learner batch (`rlstack.stages.batches.rollout_batch`), built once:
+        the reference, the reward model and the update all read the same tensors."""
+        if self.batch is None:
+            self.batch = rollout_batch(self.prompt_ids, self.samples, pad_id)
+        return self.batch
 
     def extend(self, other: Rollout) -> None:
         self.batch = None  # no longer these samples

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from rlstack.scorers.reward_http import RemoteRewardModel
-from rlstack.stages.batches import response_text, rollout_batch
+from rlstack.stages.batches import response_text
 from rlstack.stages.rl_roles import RLRoles
 from rlstack.stages.rl_samples import Rollout
 
@@ -40,9 +40,7 @@ def score_rollout(
         if roles.verifier is None:
             return rm_scores, {}, {}
     elif roles.reward_model is not None:
-        batch = rollout.batch
-        if batch is None:
-            batch = rollout_batch(rollout.prompt_ids, rollout.samples, tokenizer.pad_token_id)
+        batch = rollout.learner_batch(tokenizer.pad_token_id)
         rm_scores = roles.reward_model.infer("scores", batch)
         if roles.verifier is None:
             return rm_scores, {}, {}
